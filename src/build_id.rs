@@ -1,0 +1,57 @@
+//! Build ids for build-id maps: the [`VmaResolver`] trait through which the
+//! map turns an instruction address into `(build id, file offset)`.
+//!
+//! The map walks a trace as the kernel's `stack_map_get_build_id_offset`
+//! does (non-sleepable path): per ip it asks for the mapping `find_vma`
+//! would give — the first one whose end is above the ip, which need not
+//! contain it — and computes `offset = file_offset + ip - start`
+//! (wrapping). An ip that falls in the previous resolved mapping
+//! (`start <= ip <= end`, the kernel's `range_in_vma`) reuses its build id
+//! without a lookup. No mapping, an anonymous one, or one with no build id
+//! gives status IP with the ip and a zeroed build id.
+
+use crate::uapi::BUILD_ID_SIZE_MAX;
+
+/// A build id, zero-padded to [`BUILD_ID_SIZE_MAX`] bytes as the kernel
+/// stores it.
+pub type BuildId = [u8; BUILD_ID_SIZE_MAX];
+
+/// One memory mapping, as `find_vma` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Vma {
+    /// First address of the mapping (`vm_start`).
+    pub start: u64,
+    /// One past the last address (`vm_end`).
+    pub end: u64,
+    /// File offset of `start`, in bytes (`vm_pgoff << PAGE_SHIFT`).
+    pub file_offset: u64,
+    /// The build id of the mapped file, zero-padded; `None` for anonymous
+    /// mappings and files without one.
+    pub build_id: Option<BuildId>,
+}
+
+/// Resolves instruction addresses to mappings, for build-id maps.
+///
+/// Implementations must not block if the map is used from a context that
+/// cannot block; [`ProcMaps`](crate::ProcMaps) (feature `std`) is the one
+/// for user-space profilers.
+pub trait VmaResolver {
+    /// Whether the address space can be read now. `false` is the kernel's
+    /// failed `mmap_read_trylock`: every frame falls back to status IP.
+    fn can_access(&self) -> bool {
+        true
+    }
+
+    /// The first mapping whose `end` is above `ip` (the kernel's
+    /// `find_vma`), whether or not it contains `ip`.
+    fn find_vma(&self, ip: u64) -> Option<Vma>;
+}
+
+impl<T: VmaResolver + ?Sized> VmaResolver for &T {
+    fn can_access(&self) -> bool {
+        (**self).can_access()
+    }
+    fn find_vma(&self, ip: u64) -> Option<Vma> {
+        (**self).find_vma(ip)
+    }
+}

@@ -1,0 +1,32 @@
+//! # kstackmap
+//!
+//! A `#![no_std]`, allocation-free, lock-free stack trace map: a Rust
+//! re-design of the Linux BPF stack trace map (`kernel/bpf/stackmap.c`).
+//!
+//! Callers hand the map a call chain (instruction addresses, innermost
+//! first) and get back a small id; the same stack always gets the same id
+//! (the kernel's, bit for bit), and a reader can fetch the stack for an id.
+//! Every element is preallocated or lives in memory the caller hands over;
+//! the hot path never allocates, blocks or panics.
+//!
+//! Features: `alloc` (owned maps), `std` (implies `alloc`; the
+//! `/proc/PID/maps` build-id resolver). Without them the crate builds for
+//! bare targets such as `x86_64-unknown-none` and `thumbv7em-none-eabihf`.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod build_id;
+mod error;
+pub mod jhash;
+mod sync;
+pub mod uapi;
+
+pub use build_id::{BuildId, Vma, VmaResolver};
+pub use error::Error;
+pub use jhash::{jhash2, trace_hash};
+pub use uapi::{BuildIdStatus, StackBuildId};

@@ -1,0 +1,62 @@
+//! The one place that chooses between `core` atomics and loom's.
+//!
+//! Every atomic the crate's concurrent protocols touch is named through this
+//! module, so that building with `RUSTFLAGS="--cfg loom"` swaps all of them
+//! for loom's model-checked versions at once (crossbeam-utils and
+//! sharded-slab do the same). Nothing else in the crate may name
+//! `core::sync::atomic` directly.
+//!
+//! # Head words
+//!
+//! The freelist packs a slot index and an ABA tag into one atomic word.
+//! Targets with 64-bit atomics use an [`AtomicU64`] (32-bit index, 32-bit
+//! tag); targets without (for example `thumbv7em-none-eabihf`) fall back to
+//! an [`AtomicU32`] holding a 16-bit index and a 16-bit tag, which caps a
+//! map at [`HEAD_INDEX_MAX`] elements there. The choice is a type alias, as
+//! crossbeam-epoch does with `cfg(target_has_atomic = "64")`.
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicU32, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, Ordering};
+
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+#[cfg(all(loom, target_has_atomic = "64"))]
+pub(crate) use loom::sync::atomic::AtomicU64;
+
+/// The atomic word that holds a freelist head: `{tag, index}` packed.
+#[cfg(target_has_atomic = "64")]
+pub(crate) type HeadAtomic = AtomicU64;
+/// The plain integer behind [`HeadAtomic`].
+#[cfg(target_has_atomic = "64")]
+pub(crate) type HeadWord = u64;
+/// Bits of a head word that hold the index (the low half); the tag is the
+/// high half.
+#[cfg(target_has_atomic = "64")]
+pub(crate) const HEAD_INDEX_BITS: u32 = 32;
+
+/// The atomic word that holds a freelist head: `{tag, index}` packed.
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) type HeadAtomic = AtomicU32;
+/// The plain integer behind [`HeadAtomic`].
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) type HeadWord = u32;
+/// Bits of a head word that hold the index (the low half); the tag is the
+/// high half.
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) const HEAD_INDEX_BITS: u32 = 16;
+
+/// The largest number of elements a freelist (and so a map) can hold on
+/// this target: the index field must also encode "empty".
+pub const HEAD_INDEX_MAX: u32 = ((1u64 << HEAD_INDEX_BITS) - 2) as u32;
+
+/// Tell the CPU (or loom's scheduler) that this thread is spinning on a
+/// value another thread will change.
+#[inline]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
