@@ -1,0 +1,566 @@
+//! The kernel side of the differential test: raw `bpf(2)` calls (no libbpf,
+//! no aya, no prebuilt objects), a BPF program assembled here from
+//! `bpf_insn`s, distinct user call paths built from `#[inline(never)]`
+//! functions, and a small seeded PRNG.
+//!
+//! The program (a raw tracepoint on `sys_enter`) fires only for the thread
+//! that armed it (full `pid_tgid` match) and only for `getppid`, the marker
+//! syscall. It reads the `get_stackid` flags from its slot, then stores
+//! `bpf_get_stack(ctx, buf, 127 * 8, BPF_F_USER_STACK)` (the raw user chain,
+//! no skip) and `bpf_get_stackid(ctx, stackmap, flags)` into the slot, so
+//! one program serves every flag combination for its map.
+
+#![allow(dead_code)]
+
+pub mod model;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+// bpf(2) commands (include/uapi/linux/bpf.h).
+const BPF_MAP_CREATE: i32 = 0;
+const BPF_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_MAP_DELETE_ELEM: i32 = 3;
+const BPF_MAP_GET_NEXT_KEY: i32 = 4;
+const BPF_PROG_LOAD: i32 = 5;
+const BPF_RAW_TRACEPOINT_OPEN: i32 = 17;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: i32 = 21;
+
+/// `BPF_MAP_TYPE_ARRAY`.
+pub const MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_STACK_TRACE`.
+pub const MAP_TYPE_STACK_TRACE: u32 = 7;
+const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+
+// Helper ids.
+const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const FUNC_GET_CURRENT_PID_TGID: i32 = 14;
+const FUNC_GET_STACKID: i32 = 27;
+const FUNC_GET_STACK: i32 = 67;
+
+/// Frames `bpf_get_stack` is asked for: the default `perf_event_max_stack`.
+pub const CHAIN_MAX: usize = 127;
+/// Slot layout: `[0]` get_stackid return, `[8]` get_stack return, `[16]`
+/// get_stackid flags (input), `[24..]` the raw chain.
+const SLOT_STACKID: usize = 0;
+const SLOT_GETSTACK: usize = 8;
+const SLOT_FLAGS: usize = 16;
+const SLOT_CHAIN: usize = 24;
+const SLOT_SIZE: usize = SLOT_CHAIN + CHAIN_MAX * 8;
+/// Written before each trigger; a slot still holding it means the program
+/// did not run.
+const SENTINEL: i64 = 0x5EED_5EED;
+
+/// A positive errno (`EINVAL` = 22).
+pub type Errno = i32;
+
+/// A map's contents in `get_next_key` order, `(id, lookup result)`, and
+/// the errno that ended the walk (ENOENT at the end; EPERM on WRONLY).
+pub type Dump = (Vec<(u32, Result<Vec<u8>, Errno>)>, Errno);
+
+fn bpf(cmd: i32, attr: &mut [u64]) -> Result<i64, Errno> {
+    // SAFETY: `attr` is a live, writable buffer of the size passed; the
+    // kernel reads (and for some commands writes) at most that many bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(r)
+    }
+}
+
+fn pair(lo: u32, hi: u32) -> u64 {
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+fn fd_from(r: i64) -> OwnedFd {
+    // SAFETY: a successful bpf() call that creates an object returns a new
+    // file descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(r as i32) }
+}
+
+/// Attributes of `BPF_MAP_CREATE` the tests vary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateAttr {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub numa_node: u32,
+}
+
+/// A kernel map, closed on drop.
+pub struct Map {
+    pub fd: OwnedFd,
+    pub attr: CreateAttr,
+}
+
+impl Map {
+    /// `BPF_MAP_CREATE`.
+    pub fn create(a: CreateAttr) -> Result<Map, Errno> {
+        // map_type, key_size, value_size, max_entries, map_flags,
+        // inner_map_fd, numa_node, map_name[16]...
+        let mut attr = [0u64; 8];
+        attr[0] = pair(a.map_type, a.key_size);
+        attr[1] = pair(a.value_size, a.max_entries);
+        attr[2] = pair(a.map_flags, 0);
+        attr[3] = pair(a.numa_node, 0);
+        bpf(BPF_MAP_CREATE, &mut attr).map(|r| Map {
+            fd: fd_from(r),
+            attr: a,
+        })
+    }
+
+    fn fd(&self) -> u64 {
+        self.fd.as_raw_fd() as u64
+    }
+
+    fn elem(&self, cmd: i32, key: Option<&u32>, value: u64, flags: u64) -> Result<(), Errno> {
+        let mut attr = [
+            self.fd(),
+            key.map_or(0, |k| k as *const u32 as u64),
+            value,
+            flags,
+        ];
+        bpf(cmd, &mut attr).map(|_| ())
+    }
+
+    /// `BPF_MAP_LOOKUP_ELEM`; `value` must hold `value_size` bytes.
+    pub fn lookup(&self, key: u32, value: &mut [u8]) -> Result<(), Errno> {
+        assert!(value.len() >= self.attr.value_size as usize);
+        self.elem(
+            BPF_MAP_LOOKUP_ELEM,
+            Some(&key),
+            value.as_mut_ptr() as u64,
+            0,
+        )
+    }
+
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`.
+    pub fn lookup_and_delete(&self, key: u32, value: &mut [u8]) -> Result<(), Errno> {
+        assert!(value.len() >= self.attr.value_size as usize);
+        self.elem(
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            Some(&key),
+            value.as_mut_ptr() as u64,
+            0,
+        )
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM`.
+    pub fn update(&self, key: u32, value: &[u8], flags: u64) -> Result<(), Errno> {
+        assert!(value.len() >= self.attr.value_size as usize);
+        self.elem(
+            BPF_MAP_UPDATE_ELEM,
+            Some(&key),
+            value.as_ptr() as u64,
+            flags,
+        )
+    }
+
+    /// `BPF_MAP_DELETE_ELEM`.
+    pub fn delete(&self, key: u32) -> Result<(), Errno> {
+        self.elem(BPF_MAP_DELETE_ELEM, Some(&key), 0, 0)
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY` (`None`: from the start).
+    pub fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno> {
+        let mut next = 0u32;
+        self.elem(
+            BPF_MAP_GET_NEXT_KEY,
+            key.as_ref(),
+            &mut next as *mut u32 as u64,
+            0,
+        )?;
+        Ok(next)
+    }
+
+    /// Every `(id, value)` in `get_next_key` order, and the errno that
+    /// ended the walk (ENOENT at the end; EPERM on a write-only map).
+    pub fn dump(&self) -> Dump {
+        let mut out = Vec::new();
+        let mut key = None;
+        loop {
+            match self.get_next_key(key) {
+                Ok(id) => {
+                    let mut v = vec![0u8; self.attr.value_size as usize];
+                    let r = self.lookup(id, &mut v).map(|()| v);
+                    out.push((id, r));
+                    key = Some(id);
+                    assert!(out.len() <= 1 << 22, "get_next_key does not end");
+                }
+                Err(e) => return (out, e),
+            }
+        }
+    }
+
+    /// The `memlock:` line of `/proc/self/fdinfo/FD` (the map's mem usage).
+    pub fn fdinfo_memlock(&self) -> Option<u64> {
+        let s =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd())).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// `kernel.perf_event_max_stack`.
+pub fn sysctl_max_stack() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_stack")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(127)
+}
+
+/// Why the kernel side cannot run here, if it cannot: a tiny valid stack
+/// map is refused with EPERM / ENOSYS / EACCES (no CAP_BPF, BPF disabled).
+pub fn unavailable() -> Option<String> {
+    match Map::create(CreateAttr {
+        map_type: MAP_TYPE_STACK_TRACE,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        map_flags: 0,
+        numa_node: 0,
+    }) {
+        Ok(_) => None,
+        Err(e @ (libc::EPERM | libc::ENOSYS | libc::EACCES)) => Some(format!(
+            "BPF_MAP_CREATE of a 1-entry stack trace map failed: {}",
+            io::Error::from_raw_os_error(e)
+        )),
+        Err(e) => panic!(
+            "BPF_MAP_CREATE of a 1-entry stack trace map: unexpected {}",
+            io::Error::from_raw_os_error(e)
+        ),
+    }
+}
+
+// --- the BPF program -------------------------------------------------------
+
+const BPF_LD: u8 = 0x00;
+const BPF_LDX: u8 = 0x01;
+const BPF_ST: u8 = 0x02;
+const BPF_STX: u8 = 0x03;
+const BPF_JMP: u8 = 0x05;
+const BPF_ALU64: u8 = 0x07;
+const BPF_W: u8 = 0x00;
+const BPF_DW: u8 = 0x18;
+const BPF_IMM: u8 = 0x00;
+const BPF_MEM: u8 = 0x60;
+const BPF_K: u8 = 0x00;
+const BPF_X: u8 = 0x08;
+const BPF_ADD: u8 = 0x00;
+const BPF_MOV: u8 = 0xb0;
+const BPF_JEQ: u8 = 0x10;
+const BPF_JNE: u8 = 0x50;
+const BPF_CALL: u8 = 0x80;
+const BPF_EXIT: u8 = 0x90;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+
+/// One `struct bpf_insn`, little-endian packed into a u64.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | (u64::from(dst & 0xf) << 8)
+        | (u64::from(src & 0xf) << 12)
+        | (u64::from(off as u16) << 16)
+        | (u64::from(imm as u32) << 32)
+}
+
+fn ld_imm64(dst: u8, src: u8, imm: u64) -> [u64; 2] {
+    [
+        insn(BPF_LD | BPF_DW | BPF_IMM, dst, src, 0, imm as u32 as i32),
+        insn(0, 0, 0, 0, (imm >> 32) as u32 as i32),
+    ]
+}
+
+/// This thread's `bpf_get_current_pid_tgid()`.
+pub fn current_pid_tgid() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    (u64::from(std::process::id()) << 32) | u64::from(tid)
+}
+
+fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
+    let mut p: Vec<u64> = Vec::new();
+    let mut exits = Vec::new();
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 6, 1, 0, 0)); // r6 = ctx
+    p.push(insn(BPF_LDX | BPF_MEM | BPF_DW, 2, 6, 8, 0)); // r2 = args[1]: syscall nr
+    exits.push(p.len());
+    p.push(insn(
+        BPF_JMP | BPF_JNE | BPF_K,
+        2,
+        0,
+        0,
+        libc::SYS_getppid as i32,
+    ));
+    p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_GET_CURRENT_PID_TGID));
+    p.extend(ld_imm64(1, 0, pid_tgid));
+    exits.push(p.len());
+    p.push(insn(BPF_JMP | BPF_JNE | BPF_X, 0, 1, 0, 0));
+    p.push(insn(BPF_ST | BPF_MEM | BPF_W, 10, 0, -4, 0)); // key = 0
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0));
+    p.push(insn(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4));
+    p.extend(ld_imm64(1, BPF_PSEUDO_MAP_FD, slot_fd as u64));
+    p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM));
+    exits.push(p.len());
+    p.push(insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0));
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 7, 0, 0, 0)); // r7 = slot
+                                                           // r0 = bpf_get_stack(ctx, slot + SLOT_CHAIN, CHAIN_MAX * 8, USER_STACK)
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0));
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 2, 7, 0, 0));
+    p.push(insn(
+        BPF_ALU64 | BPF_ADD | BPF_K,
+        2,
+        0,
+        0,
+        SLOT_CHAIN as i32,
+    ));
+    p.push(insn(
+        BPF_ALU64 | BPF_MOV | BPF_K,
+        3,
+        0,
+        0,
+        (CHAIN_MAX * 8) as i32,
+    ));
+    p.push(insn(
+        BPF_ALU64 | BPF_MOV | BPF_K,
+        4,
+        0,
+        0,
+        kstackmap::uapi::BPF_F_USER_STACK as i32,
+    ));
+    p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_GET_STACK));
+    p.push(insn(
+        BPF_STX | BPF_MEM | BPF_DW,
+        7,
+        0,
+        SLOT_GETSTACK as i16,
+        0,
+    ));
+    // r0 = bpf_get_stackid(ctx, stackmap, slot->flags)
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0));
+    p.extend(ld_imm64(2, BPF_PSEUDO_MAP_FD, stack_fd as u64));
+    p.push(insn(BPF_LDX | BPF_MEM | BPF_DW, 3, 7, SLOT_FLAGS as i16, 0));
+    p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_GET_STACKID));
+    p.push(insn(
+        BPF_STX | BPF_MEM | BPF_DW,
+        7,
+        0,
+        SLOT_STACKID as i16,
+        0,
+    ));
+    let out = p.len();
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0));
+    p.push(insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
+    for j in exits {
+        let off = (out - j - 1) as i16;
+        p[j] = (p[j] & !(0xffff << 16)) | (u64::from(off as u16) << 16);
+    }
+    p
+}
+
+/// What one trigger recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// `bpf_get_stackid`'s return: an id or `-errno`.
+    pub stackid: i64,
+    /// `bpf_get_stack`'s return: bytes copied or `-errno`.
+    pub get_stack: i64,
+    /// The raw user chain (`get_stack / 8` ips).
+    pub chain: Vec<u64>,
+}
+
+/// A stack map with the probe program attached for the creating thread.
+pub struct Probe {
+    pub stack: Map,
+    slot: Map,
+    _prog: OwnedFd,
+    _link: OwnedFd,
+    pid_tgid: u64,
+}
+
+impl Probe {
+    /// Loads and attaches the program for `stack` (the calling thread only).
+    pub fn attach(stack: Map) -> Probe {
+        let slot = Map::create(CreateAttr {
+            map_type: MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: SLOT_SIZE as u32,
+            max_entries: 1,
+            map_flags: 0,
+            numa_node: 0,
+        })
+        .expect("array map for the probe's slot");
+        let pid_tgid = current_pid_tgid();
+        let insns = program(slot.fd.as_raw_fd(), stack.fd.as_raw_fd(), pid_tgid);
+        let license = CString::new("GPL").unwrap();
+        let mut log = vec![0u8; 1 << 16];
+        // prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
+        let mut attr = [0u64; 8];
+        attr[0] = pair(PROG_TYPE_RAW_TRACEPOINT, insns.len() as u32);
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        attr[3] = pair(1, log.len() as u32);
+        attr[4] = log.as_mut_ptr() as u64;
+        let prog = match bpf(BPF_PROG_LOAD, &mut attr) {
+            Ok(fd) => fd_from(fd),
+            Err(e) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                panic!(
+                    "BPF_PROG_LOAD: {}\nverifier log:\n{}",
+                    io::Error::from_raw_os_error(e),
+                    String::from_utf8_lossy(&log[..end])
+                );
+            }
+        };
+        let name = CString::new("sys_enter").unwrap();
+        let mut attr = [name.as_ptr() as u64, pair(prog.as_raw_fd() as u32, 0), 0];
+        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+            .map(fd_from)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_RAW_TRACEPOINT_OPEN sys_enter: {}",
+                    io::Error::from_raw_os_error(e)
+                )
+            });
+        Probe {
+            stack,
+            slot,
+            _prog: prog,
+            _link: link,
+            pid_tgid,
+        }
+    }
+
+    /// Arms the slot with `flags`, calls `getppid` through `path`, and
+    /// returns what the program saw.
+    pub fn capture(&self, path: &[u8], flags: u64) -> Capture {
+        assert_eq!(
+            current_pid_tgid(),
+            self.pid_tgid,
+            "a probe fires only on the thread that attached it"
+        );
+        let mut slot = vec![0u8; SLOT_SIZE];
+        slot[SLOT_STACKID..SLOT_STACKID + 8].copy_from_slice(&SENTINEL.to_ne_bytes());
+        slot[SLOT_GETSTACK..SLOT_GETSTACK + 8].copy_from_slice(&SENTINEL.to_ne_bytes());
+        slot[SLOT_FLAGS..SLOT_FLAGS + 8].copy_from_slice(&flags.to_ne_bytes());
+        self.slot.update(0, &slot, 0).expect("arm the probe slot");
+        call_path(path);
+        self.slot.lookup(0, &mut slot).expect("read the probe slot");
+        let word = |at: usize| i64::from_ne_bytes(slot[at..at + 8].try_into().unwrap());
+        let stackid = word(SLOT_STACKID);
+        let get_stack = word(SLOT_GETSTACK);
+        assert!(
+            stackid != SENTINEL && get_stack != SENTINEL,
+            "the probe did not fire for getppid on this thread"
+        );
+        let n = if get_stack > 0 {
+            get_stack as usize / 8
+        } else {
+            0
+        };
+        assert!(n <= CHAIN_MAX, "get_stack returned {get_stack}");
+        let chain = (0..n)
+            .map(|i| u64::from_ne_bytes(slot[SLOT_CHAIN + 8 * i..][..8].try_into().unwrap()))
+            .collect();
+        Capture {
+            stackid,
+            get_stack,
+            chain,
+        }
+    }
+}
+
+// --- distinct call paths ---------------------------------------------------
+
+static SINK: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls the marker syscall through a chain of frames chosen by `path`
+/// (each byte picks one of three functions), so distinct paths leave
+/// distinct frame-pointer chains.
+#[inline(never)]
+pub fn call_path(path: &[u8]) {
+    step(std::hint::black_box(path));
+}
+
+#[inline(never)]
+fn step(path: &[u8]) {
+    match path.split_first() {
+        None => trigger(),
+        Some((c, rest)) => match c % 3 {
+            0 => fa(rest),
+            1 => fb(rest),
+            _ => fc(rest),
+        },
+    }
+}
+
+#[inline(never)]
+fn fa(path: &[u8]) {
+    step(path);
+    SINK.fetch_add(1, Ordering::Relaxed);
+}
+
+#[inline(never)]
+fn fb(path: &[u8]) {
+    step(path);
+    SINK.fetch_add(2, Ordering::Relaxed);
+}
+
+#[inline(never)]
+fn fc(path: &[u8]) {
+    step(path);
+    SINK.fetch_add(3, Ordering::Relaxed);
+}
+
+#[inline(never)]
+fn trigger() {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+    SINK.fetch_add(std::hint::black_box(ppid) as usize & 1, Ordering::Relaxed);
+}
+
+// --- a small seeded PRNG (no timing anywhere) ------------------------------
+
+/// SplitMix64: tiny, seedable, good enough to pick test cases.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.next_u64() % den < num
+    }
+
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.range(0, xs.len() as u64) as usize]
+    }
+}

@@ -1,0 +1,964 @@
+//! Differential test against the running Linux kernel's stack trace map.
+//!
+//! Every case creates a real `BPF_MAP_TYPE_STACK_TRACE` map, attaches a
+//! probe (see `kernel/mod.rs`) and calls `getppid` from many distinct user
+//! call paths; the probe records the raw user chain (`bpf_get_stack`) and
+//! what `bpf_get_stackid` returned. Syscall-side operations (lookup,
+//! delete, lookup-and-delete, update, get-next-key) are interleaved. The
+//! recorded run is then replayed, in the same order, through the crate's
+//! map, and every result (id or errno, and value bytes) must be equal; at
+//! the end both maps are dumped and must be byte-identical.
+//!
+//! Each case has a seed, printed on failure; `KDIFF_SEED=<seed> cargo test
+//! --test kernel_diff` runs that case alone. `KDIFF_CASES=<n>` runs more.
+//! Without CAP_BPF (or BPF) the suite prints `KERNEL DIFF SKIPPED: <why>`
+//! and passes.
+#![cfg(target_os = "linux")]
+
+mod kernel;
+
+use kernel::model::Model;
+use kernel::{Capture, CreateAttr, Dump, Errno, Map, Probe, Rng};
+use kstackmap::uapi::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The kernel cases run one at a time: the build-id path gives up (all
+/// frames IP) when another thread holds the mmap lock, and the probes are
+/// per-thread anyway.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn skipped() -> bool {
+    match kernel::unavailable() {
+        Some(why) => {
+            eprintln!("KERNEL DIFF SKIPPED: {why}");
+            println!("KERNEL DIFF SKIPPED: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn env_seed() -> Option<u64> {
+    let s = std::env::var("KDIFF_SEED").ok()?;
+    Some(
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("KDIFF_SEED={s}: not a u64")),
+    )
+}
+
+fn env_cases(default: u64) -> u64 {
+    std::env::var("KDIFF_CASES")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+// --- what is compared ------------------------------------------------------
+
+/// The map under test, through the same operations as the kernel's.
+trait Subject {
+    fn get_stackid(&self, cpu: usize, chain: &[u64], flags: u64) -> Result<u32, Errno>;
+    fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Errno>;
+    fn lookup_and_delete(&self, id: u32, value: &mut [u8]) -> Result<(), Errno>;
+    fn delete(&self, id: u32) -> Result<(), Errno>;
+    fn update(&self, id: u32, value: &[u8], flags: u64) -> Result<(), Errno>;
+    fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno>;
+}
+
+impl Subject for RefCell<Model> {
+    fn get_stackid(&self, _cpu: usize, chain: &[u64], flags: u64) -> Result<u32, Errno> {
+        self.borrow_mut().get_stackid(chain, flags)
+    }
+    fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Errno> {
+        self.borrow().lookup(id, value)
+    }
+    fn lookup_and_delete(&self, id: u32, value: &mut [u8]) -> Result<(), Errno> {
+        if self.borrow().rdonly || self.borrow().wronly {
+            return Err(libc::EPERM);
+        }
+        self.borrow().lookup(id, value)?;
+        self.borrow_mut().delete(id)
+    }
+    fn delete(&self, id: u32) -> Result<(), Errno> {
+        self.borrow_mut().delete(id)
+    }
+    fn update(&self, _id: u32, _value: &[u8], _flags: u64) -> Result<(), Errno> {
+        Err(if self.borrow().rdonly {
+            libc::EPERM
+        } else {
+            libc::EINVAL
+        })
+    }
+    fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno> {
+        self.borrow().get_next_key(key)
+    }
+}
+
+/// One operation as the kernel did it.
+#[derive(Clone, Debug)]
+enum Op {
+    Call {
+        path: Vec<u8>,
+        flags: u64,
+        cpu: usize,
+        chain: Vec<u64>,
+        kernel: Result<u32, Errno>,
+    },
+    Lookup {
+        id: u32,
+        kernel: Result<Vec<u8>, Errno>,
+    },
+    LookupAndDelete {
+        id: u32,
+        kernel: Result<Vec<u8>, Errno>,
+    },
+    Delete {
+        id: u32,
+        kernel: Result<(), Errno>,
+    },
+    Update {
+        id: u32,
+        flags: u64,
+        kernel: Result<(), Errno>,
+    },
+    NextKey {
+        key: Option<u32>,
+        kernel: Result<u32, Errno>,
+    },
+}
+
+fn errno_name(e: Errno) -> String {
+    match kstackmap::Error::from_errno(e) {
+        Some(err) => err.name().to_string(),
+        None => format!("errno {e}"),
+    }
+}
+
+fn show<T: Shown>(r: &Result<T, Errno>) -> String {
+    match r {
+        Ok(v) => format!("Ok({})", v.shown()),
+        Err(e) => errno_name(*e),
+    }
+}
+
+/// Short renderings for mismatch reports.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for u32 {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Shown for () {
+    fn shown(&self) -> String {
+        String::new()
+    }
+}
+
+impl Shown for Vec<u8> {
+    /// The value as native-endian u64 words, the zero tail left out.
+    fn shown(&self) -> String {
+        let words: Vec<u64> = self
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_ne_bytes(w)
+            })
+            .collect();
+        let end = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+        format!(
+            "{} bytes, words {:x?} + {} zero words",
+            self.len(),
+            &words[..end],
+            words.len() - end
+        )
+    }
+}
+
+// --- cases -----------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Roomy map, default flags.
+    Plain,
+    /// 1..6 entries: fills up (ENOMEM), with and without REUSE.
+    Fill,
+    /// Few buckets, many stacks: EEXIST.
+    Collide,
+    /// BPF_F_REUSE_STACKID on every call.
+    Reuse,
+    /// BPF_F_FAST_STACK_CMP (with REUSE sometimes).
+    FastCmp,
+    /// skip 0..255, often near the chain's length (EFAULT at skip >= nr).
+    Skip,
+    /// value_size below the stacks' depth: truncation, with skips.
+    Trunc,
+    /// Syscall-side operations interleaved (40%), RDONLY / WRONLY maps.
+    SysOps,
+    /// Everything at random, invalid flags included.
+    Mixed,
+}
+
+const KINDS: [Kind; 9] = [
+    Kind::Plain,
+    Kind::Fill,
+    Kind::Collide,
+    Kind::Reuse,
+    Kind::FastCmp,
+    Kind::Skip,
+    Kind::Trunc,
+    Kind::SysOps,
+    Kind::Mixed,
+];
+
+#[derive(Clone, Debug)]
+struct Case {
+    seed: u64,
+    kind: Kind,
+    attr: CreateAttr,
+    ops: usize,
+    build_id: bool,
+}
+
+impl Case {
+    fn new(seed: u64, build_id: bool) -> Case {
+        let kind = KINDS[(seed % KINDS.len() as u64) as usize];
+        let mut rng = Rng::new(seed ^ 0xC0FF_EE00);
+        let elem = if build_id { 32 } else { 8 };
+        let depth = |rng: &mut Rng, lo: u64, hi: u64| (elem * rng.range(lo, hi + 1)) as u32;
+        let (max_entries, value_size) = match kind {
+            Kind::Plain => (rng.range(16, 513) as u32, depth(&mut rng, 1, 127)),
+            Kind::Fill => (rng.range(1, 7) as u32, depth(&mut rng, 1, 127)),
+            Kind::Collide => (rng.range(2, 9) as u32, depth(&mut rng, 1, 127)),
+            Kind::Reuse => (rng.range(2, 17) as u32, depth(&mut rng, 1, 127)),
+            Kind::FastCmp => (rng.range(2, 33) as u32, depth(&mut rng, 1, 127)),
+            Kind::Skip => (rng.range(8, 257) as u32, depth(&mut rng, 1, 127)),
+            Kind::Trunc => (rng.range(4, 129) as u32, depth(&mut rng, 1, 8)),
+            Kind::SysOps => (rng.range(4, 65) as u32, depth(&mut rng, 1, 127)),
+            Kind::Mixed => (rng.range(1, 300) as u32, depth(&mut rng, 1, 127)),
+        };
+        let mut map_flags = if build_id { BPF_F_STACK_BUILD_ID } else { 0 };
+        if matches!(kind, Kind::SysOps | Kind::Mixed) {
+            map_flags |= *rng.pick(&[
+                0,
+                0,
+                BPF_F_NUMA_NODE,
+                BPF_F_RDONLY,
+                BPF_F_WRONLY,
+                BPF_F_RDONLY | BPF_F_NUMA_NODE,
+            ]);
+        }
+        Case {
+            seed,
+            kind,
+            attr: CreateAttr {
+                map_type: kernel::MAP_TYPE_STACK_TRACE,
+                key_size: 4,
+                value_size,
+                max_entries,
+                map_flags,
+                numa_node: 0,
+            },
+            ops: if build_id { 80 } else { 150 },
+            build_id,
+        }
+    }
+
+    fn n_buckets(&self) -> u32 {
+        self.attr.max_entries.next_power_of_two()
+    }
+}
+
+/// Paths revisited often: every path of depth 0..=2.
+fn hot_path(rng: &mut Rng) -> Vec<u8> {
+    let d = rng.range(0, 3) as usize;
+    (0..d).map(|_| rng.range(0, 3) as u8).collect()
+}
+
+fn random_path(rng: &mut Rng) -> Vec<u8> {
+    // Mostly 0..40 frames deep; now and then deeper than perf_event_max_stack.
+    let d = if rng.chance(1, 15) {
+        rng.range(40, 70)
+    } else {
+        rng.range(0, 40)
+    } as usize;
+    (0..d).map(|_| rng.range(0, 3) as u8).collect()
+}
+
+fn call_flags(case: &Case, rng: &mut Rng, last_nr: usize) -> u64 {
+    let mut f = BPF_F_USER_STACK;
+    let skip_near = |rng: &mut Rng| {
+        let lo = last_nr.saturating_sub(3) as u64;
+        rng.range(lo, lo + 7).min(255)
+    };
+    match case.kind {
+        Kind::Plain | Kind::Collide => {}
+        Kind::Fill => {
+            if rng.chance(1, 3) {
+                f |= BPF_F_REUSE_STACKID;
+            }
+        }
+        Kind::Reuse => f |= BPF_F_REUSE_STACKID,
+        Kind::FastCmp => {
+            f |= BPF_F_FAST_STACK_CMP;
+            if rng.chance(1, 3) {
+                f |= BPF_F_REUSE_STACKID;
+            }
+        }
+        Kind::Skip => {
+            f |= match rng.range(0, 4) {
+                0 => 0,
+                1 => rng.range(0, 256),
+                2 => rng.range(0, 8),
+                _ => skip_near(rng),
+            };
+            if rng.chance(1, 4) {
+                f |= BPF_F_REUSE_STACKID;
+            }
+        }
+        Kind::Trunc => {
+            if rng.chance(1, 2) {
+                f |= rng.range(0, 6);
+            }
+            if rng.chance(1, 3) {
+                f |= BPF_F_REUSE_STACKID;
+            }
+        }
+        Kind::SysOps | Kind::Mixed => {
+            if rng.chance(1, 3) {
+                f |= BPF_F_REUSE_STACKID;
+            }
+            if rng.chance(1, 6) {
+                f |= BPF_F_FAST_STACK_CMP;
+            }
+            if rng.chance(1, 5) {
+                f |= if rng.chance(1, 2) {
+                    rng.range(0, 256)
+                } else {
+                    skip_near(rng)
+                };
+            }
+        }
+    }
+    // Invalid flags: any bit above REUSE_STACKID (BPF_F_USER_BUILD_ID too).
+    let invalid = match case.kind {
+        Kind::Mixed => rng.chance(1, 10),
+        _ => rng.chance(1, 40),
+    };
+    if invalid {
+        f |= 1 << rng.range(11, 64);
+    }
+    f
+}
+
+fn pick_id(case: &Case, rng: &mut Rng, seen: &[u32]) -> u32 {
+    let nb = case.n_buckets();
+    match rng.range(0, 10) {
+        0..=4 if !seen.is_empty() => *rng.pick(seen),
+        0..=6 => rng.range(0, u64::from(nb)) as u32,
+        7 => nb + rng.range(0, 4) as u32,
+        8 => *rng.pick(&[u32::MAX, 1 << 31, nb.wrapping_sub(1), 0]),
+        _ => rng.next_u64() as u32,
+    }
+}
+
+fn result_of(c: &Capture) -> Result<u32, Errno> {
+    if c.stackid >= 0 {
+        Ok(u32::try_from(c.stackid).expect("stack id fits in u32"))
+    } else {
+        Err(i32::try_from(-c.stackid).expect("errno fits in i32"))
+    }
+}
+
+fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).unwrap_or(0)
+}
+
+/// Runs `case` against the kernel; returns the ops with the kernel's
+/// results and the final dump.
+fn record(case: &Case, probe: &Probe) -> (Vec<Op>, Dump) {
+    let mut rng = Rng::new(case.seed);
+    let sys_ops = match case.kind {
+        Kind::SysOps => 40,
+        Kind::Mixed => 15,
+        Kind::Fill | Kind::Collide => 5,
+        _ => 2,
+    };
+    let hot = if case.kind == Kind::Collide { 2 } else { 5 };
+    let vs = case.attr.value_size as usize;
+    let map = &probe.stack;
+    let mut ops = Vec::with_capacity(case.ops);
+    let mut seen: Vec<u32> = Vec::new();
+    let mut last_nr = 20;
+    let mut chains: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    let mut paths: HashMap<Vec<u64>, Vec<u8>> = HashMap::new();
+    for _ in 0..case.ops {
+        if rng.range(0, 100) < sys_ops {
+            let op = match rng.range(0, 6) {
+                0 | 1 => {
+                    let id = pick_id(case, &mut rng, &seen);
+                    let mut v = vec![0u8; vs];
+                    Op::Lookup {
+                        id,
+                        kernel: map.lookup(id, &mut v).map(|()| v),
+                    }
+                }
+                2 => {
+                    let id = pick_id(case, &mut rng, &seen);
+                    Op::Delete {
+                        id,
+                        kernel: map.delete(id),
+                    }
+                }
+                3 => {
+                    let id = pick_id(case, &mut rng, &seen);
+                    let mut v = vec![0u8; vs];
+                    Op::LookupAndDelete {
+                        id,
+                        kernel: map.lookup_and_delete(id, &mut v).map(|()| v),
+                    }
+                }
+                4 => {
+                    let id = pick_id(case, &mut rng, &seen);
+                    let flags = *rng.pick(&[0, 1, 2, 4]);
+                    let v = vec![0u8; vs];
+                    Op::Update {
+                        id,
+                        flags,
+                        kernel: map.update(id, &v, flags),
+                    }
+                }
+                _ => {
+                    let key = if rng.chance(1, 4) {
+                        None
+                    } else {
+                        Some(pick_id(case, &mut rng, &seen))
+                    };
+                    Op::NextKey {
+                        key,
+                        kernel: map.get_next_key(key),
+                    }
+                }
+            };
+            ops.push(op);
+            continue;
+        }
+        let path = if rng.chance(1, hot) {
+            hot_path(&mut rng)
+        } else {
+            random_path(&mut rng)
+        };
+        let flags = call_flags(case, &mut rng, last_nr);
+        let cap = probe.capture(&path, flags);
+        let cpu = current_cpu();
+        assert!(
+            cap.get_stack > 0,
+            "seed {}: bpf_get_stack returned {}",
+            case.seed,
+            cap.get_stack
+        );
+        last_nr = cap.chain.len();
+        // Same path, same chain; distinct paths, distinct chains (when the
+        // chain is not cut at perf_event_max_stack).
+        if let Some(prev) = chains.get(&path) {
+            assert_eq!(
+                prev, &cap.chain,
+                "seed {}: path {path:?} gave two different chains",
+                case.seed
+            );
+        }
+        if cap.chain.len() < kernel::CHAIN_MAX {
+            if let Some(prev) = paths.get(&cap.chain) {
+                assert_eq!(
+                    prev, &path,
+                    "seed {}: two paths gave the same chain (frame pointers missing?)",
+                    case.seed
+                );
+            }
+            paths.insert(cap.chain.clone(), path.clone());
+        }
+        chains.insert(path.clone(), cap.chain.clone());
+        let kernel = result_of(&cap);
+        if let Ok(id) = kernel {
+            seen.push(id);
+        }
+        ops.push(Op::Call {
+            path,
+            flags,
+            cpu,
+            chain: cap.chain,
+            kernel,
+        });
+    }
+    (ops, map.dump())
+}
+
+fn dump_subject(s: &dyn Subject, vs: usize) -> Dump {
+    let mut out = Vec::new();
+    let mut key = None;
+    loop {
+        match s.get_next_key(key) {
+            Ok(id) => {
+                let mut v = vec![0u8; vs];
+                let r = s.lookup(id, &mut v).map(|()| v);
+                out.push((id, r));
+                key = Some(id);
+                assert!(out.len() <= 1 << 22, "get_next_key does not end");
+            }
+            Err(e) => return (out, e),
+        }
+    }
+}
+
+/// Replays `ops` through `s`; returns the number of results compared, or
+/// a description of the first mismatch.
+fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usize, String> {
+    let vs = case.attr.value_size as usize;
+    let mut compared = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let (ok, ours, theirs) = match op {
+            Op::Call {
+                chain,
+                flags,
+                cpu,
+                kernel,
+                ..
+            } => {
+                let r = s.get_stackid(*cpu, chain, *flags);
+                (r == *kernel, show(&r), show(kernel))
+            }
+            Op::Lookup { id, kernel } => {
+                let mut v = vec![0u8; vs];
+                let r = s.lookup(*id, &mut v).map(|()| v);
+                (r == *kernel, show(&r), show(kernel))
+            }
+            Op::LookupAndDelete { id, kernel } => {
+                let mut v = vec![0u8; vs];
+                let r = s.lookup_and_delete(*id, &mut v).map(|()| v);
+                (r == *kernel, show(&r), show(kernel))
+            }
+            Op::Delete { id, kernel } => {
+                let r = s.delete(*id);
+                (r == *kernel, show(&r), show(kernel))
+            }
+            Op::Update { id, flags, kernel } => {
+                let r = s.update(*id, &vec![0u8; vs], *flags);
+                (r == *kernel, show(&r), show(kernel))
+            }
+            Op::NextKey { key, kernel } => {
+                let r = s.get_next_key(*key);
+                (r == *kernel, show(&r), show(kernel))
+            }
+        };
+        compared += 1;
+        if !ok {
+            return Err(format!(
+                "seed {} ({:?}, {:?}): op #{i} {}\n  kernel: {theirs}\n  ours:   {ours}",
+                case.seed,
+                case.kind,
+                case.attr,
+                describe(op),
+            ));
+        }
+    }
+    let odump = dump_subject(s, vs);
+    if odump != *kdump {
+        return Err(format!(
+            "seed {} ({:?}, {:?}): final dumps differ\n  kernel: {} entries, ended {} ids {:?}\n  ours:   {} entries, ended {} ids {:?}{}",
+            case.seed,
+            case.kind,
+            case.attr,
+            kdump.0.len(),
+            errno_name(kdump.1),
+            kdump.0.iter().map(|e| e.0).collect::<Vec<_>>(),
+            odump.0.len(),
+            errno_name(odump.1),
+            odump.0.iter().map(|e| e.0).collect::<Vec<_>>(),
+            first_value_diff(kdump, &odump),
+        ));
+    }
+    Ok(compared + kdump.0.len() + 1)
+}
+
+fn first_value_diff(k: &Dump, o: &Dump) -> String {
+    for ((kid, kv), (oid, ov)) in k.0.iter().zip(&o.0) {
+        if kid != oid || kv != ov {
+            return format!(
+                "\n  first difference at id {kid}/{oid}: kernel {}\n  ours {}",
+                show(kv),
+                show(ov)
+            );
+        }
+    }
+    String::new()
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Call {
+            path,
+            flags,
+            cpu,
+            chain,
+            ..
+        } => format!(
+            "get_stackid(cpu {cpu}, flags {flags:#x}, skip {}, {} ips {chain:x?}) via path {path:?}",
+            flags & BPF_F_SKIP_FIELD_MASK,
+            chain.len()
+        ),
+        Op::Lookup { id, .. } => format!("lookup({id})"),
+        Op::LookupAndDelete { id, .. } => format!("lookup_and_delete({id})"),
+        Op::Delete { id, .. } => format!("delete({id})"),
+        Op::Update { id, flags, .. } => format!("update({id}, flags {flags})"),
+        Op::NextKey { key, .. } => format!("get_next_key({key:?})"),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    compared: usize,
+    calls: usize,
+    outcomes: HashMap<String, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, ops: &[Op], compared: usize) {
+        self.cases += 1;
+        self.compared += compared;
+        for op in ops {
+            if let Op::Call { kernel, .. } = op {
+                self.calls += 1;
+                let k = match kernel {
+                    Ok(_) => "id".to_string(),
+                    Err(e) => errno_name(*e),
+                };
+                *self.outcomes.entry(k).or_default() += 1;
+            }
+        }
+    }
+
+    fn summary(&self, what: &str) -> String {
+        let mut o: Vec<_> = self.outcomes.iter().collect();
+        o.sort();
+        format!(
+            "kernel diff ({what}): {} seeded cases, {} results compared ({} get_stackid calls: {o:?}), 0 mismatches",
+            self.cases, self.compared, self.calls
+        )
+    }
+}
+
+fn seeds(base: u64, default: u64) -> Vec<u64> {
+    match env_seed() {
+        Some(s) => vec![s],
+        None => (0..env_cases(default)).map(|i| base + i).collect(),
+    }
+}
+
+#[test]
+fn stack_replay() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped() {
+        return;
+    }
+    let max_stack = kernel::sysctl_max_stack();
+    let mut tally = Tally::default();
+    let mut failures = Vec::new();
+    for seed in seeds(1, 36) {
+        let case = Case::new(seed, false);
+        let kmap = Map::create(case.attr).unwrap_or_else(|e| {
+            panic!(
+                "seed {seed}: kernel refused {:?}: {}",
+                case.attr,
+                errno_name(e)
+            )
+        });
+        let probe = Probe::attach(kmap);
+        let (ops, kdump) = record(&case, &probe);
+        drop(probe);
+        let mut model = Model::new(case.attr.max_entries, case.attr.value_size, max_stack);
+        model.rdonly = case.attr.map_flags & BPF_F_RDONLY != 0;
+        model.wronly = case.attr.map_flags & BPF_F_WRONLY != 0;
+        let model = RefCell::new(model);
+        match replay(&case, &ops, &kdump, &model) {
+            Ok(n) => tally.add(&ops, n),
+            Err(m) => failures.push(format!(
+                "{m}\n  replay: KDIFF_SEED={seed} cargo test --test kernel_diff stack_replay"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of the cases differ from the kernel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!("{}", tally.summary("stack replay"));
+    eprintln!("{}", tally.summary("stack replay"));
+}
+
+// --- creation grid -----------------------------------------------------------
+
+/// Bytes the kernel allocates for a stack map (buckets and elements).
+fn kernel_cost(a: &CreateAttr) -> u64 {
+    let nb = u64::from(a.max_entries).next_power_of_two();
+    nb * 8 + u64::from(a.max_entries) * (16 + u64::from(a.value_size))
+}
+
+/// Whether the kernel would get as far as allocating the map (a rough
+/// filter used only to keep the grid's memory small; not the thing tested).
+fn might_allocate(a: &CreateAttr) -> bool {
+    a.key_size == 4 && a.value_size >= 8 && a.value_size % 8 == 0 && a.max_entries <= 1 << 31
+}
+
+/// The grid: edge and random values of every attribute, every map flag bit
+/// alone and in pairs. Deterministic for `seed`.
+fn creation_grid(seed: u64) -> Vec<CreateAttr> {
+    let mut rng = Rng::new(seed);
+    let mut entries: Vec<u32> = vec![0, 1, 2, 3, 5, 7];
+    for k in 2..=20 {
+        entries.extend([(1u32 << k) - 1, 1 << k, (1 << k) + 1]);
+    }
+    // Above 2^20 only with sizes that cannot allocate much (see below);
+    // above 2^31 the kernel answers E2BIG before allocating. 2^31 itself
+    // would allocate 16 GiB of buckets in the kernel: skipped.
+    for k in 21..31 {
+        entries.push((1 << k) + 1);
+    }
+    entries.extend([(1u32 << 31) - 1, (1 << 31) + 1, u32::MAX - 1, u32::MAX]);
+    let values: Vec<u32> = vec![
+        0, 1, 4, 7, 8, 9, 12, 15, 16, 24, 31, 32, 33, 40, 63, 64, 96, 128, 1000, 1008, 1015, 1016,
+        1017, 1020, 1024, 1032, 2048, 4032, 4064, 4065, 4072, 4088, 4096,
+    ];
+    let flag_sets: Vec<u32> = {
+        let mut f = vec![0];
+        for i in 0..32 {
+            f.push(1 << i);
+        }
+        for i in 0..32 {
+            for j in i + 1..32 {
+                f.push((1 << i) | (1 << j));
+            }
+        }
+        f
+    };
+    let valid_flags = [
+        0,
+        BPF_F_NUMA_NODE,
+        BPF_F_RDONLY,
+        BPF_F_WRONLY,
+        BPF_F_STACK_BUILD_ID,
+        BPF_F_STACK_BUILD_ID | BPF_F_RDONLY,
+        BPF_F_STACK_BUILD_ID | BPF_F_NUMA_NODE,
+    ];
+    let pick_attr = |rng: &mut Rng, map_flags: u32| {
+        let max_entries = match rng.range(0, 3) {
+            0 => *rng.pick(&entries),
+            1 => rng.range(1, 1 << 20) as u32,
+            _ => rng.range(1, 600) as u32,
+        };
+        let key_size = if rng.chance(3, 4) {
+            4
+        } else {
+            rng.range(0, 9) as u32
+        };
+        let value_size = match rng.range(0, 4) {
+            0 => *rng.pick(&values),
+            1 => rng.range(0, 4097) as u32,
+            2 => 8 * rng.range(1, 130) as u32,
+            _ => 32 * rng.range(1, 130) as u32,
+        };
+        let mut a = CreateAttr {
+            map_type: kernel::MAP_TYPE_STACK_TRACE,
+            key_size,
+            value_size,
+            max_entries,
+            map_flags,
+            numa_node: 0,
+        };
+        // Keep what either side may allocate under 32 MiB: a big map gets
+        // a value size no stack map accepts (not a multiple of 8).
+        if might_allocate(&a) && kernel_cost(&a) > 32 << 20 {
+            a.value_size = 8 * rng.range(1, 500) as u32 + rng.range(1, 8) as u32;
+        }
+        a
+    };
+    let mut grid = Vec::new();
+    for &f in &flag_sets {
+        for _ in 0..3 {
+            grid.push(pick_attr(&mut rng, f));
+        }
+    }
+    for _ in 0..2000 {
+        let f = *rng.pick(&valid_flags);
+        grid.push(pick_attr(&mut rng, f));
+    }
+    // Every edge value of one attribute with the others valid.
+    for &me in &entries {
+        let mut a = pick_attr(&mut rng, 0);
+        a.max_entries = me;
+        a.key_size = 4;
+        a.value_size = 8;
+        if kernel_cost(&a) > 32 << 20 && me <= 1 << 31 {
+            a.value_size = 9;
+        }
+        grid.push(a);
+    }
+    for &vs in &values {
+        for &f in &[0, BPF_F_STACK_BUILD_ID] {
+            let mut a = pick_attr(&mut rng, f);
+            a.max_entries = rng.range(1, 100) as u32;
+            a.key_size = 4;
+            a.value_size = vs;
+            grid.push(a);
+        }
+    }
+    for ks in 0..=8 {
+        let mut a = pick_attr(&mut rng, 0);
+        a.max_entries = 4;
+        a.key_size = ks;
+        a.value_size = 8;
+        grid.push(a);
+    }
+    grid
+}
+
+/// What DESIGN.md says the kernel answers (checked against the kernel
+/// here too).
+fn documented_create(a: &CreateAttr, max_stack: u32) -> Result<(), Errno> {
+    if a.map_flags & !STACK_CREATE_FLAG_MASK != 0
+        || a.map_flags & (BPF_F_RDONLY | BPF_F_WRONLY) == BPF_F_RDONLY | BPF_F_WRONLY
+        || a.max_entries == 0
+        || a.key_size != 4
+        || a.value_size < 8
+        || a.value_size % 8 != 0
+    {
+        return Err(libc::EINVAL);
+    }
+    let elem = if a.map_flags & BPF_F_STACK_BUILD_ID != 0 {
+        if a.value_size % 32 != 0 {
+            return Err(libc::EINVAL);
+        }
+        32
+    } else {
+        8
+    };
+    if a.value_size / elem > max_stack {
+        return Err(libc::EINVAL);
+    }
+    if a.max_entries > 1 << 31 {
+        return Err(libc::E2BIG);
+    }
+    Ok(())
+}
+
+#[test]
+fn creation_grid_matches() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped() {
+        return;
+    }
+    let max_stack = kernel::sysctl_max_stack();
+    let seed = env_seed().unwrap_or(0x6_2024);
+    let grid = creation_grid(seed);
+    let mut tally: HashMap<String, usize> = HashMap::new();
+    let mut failures = Vec::new();
+    for (i, a) in grid.iter().enumerate() {
+        assert!(a.max_entries != 1 << 31);
+        let k = Map::create(*a).map(|m| m.fdinfo_memlock());
+        let kr = k.as_ref().map(|_| ()).map_err(|e| *e);
+        let doc = documented_create(a, max_stack);
+        *tally.entry(show(&kr)).or_default() += 1;
+        if kr != doc {
+            failures.push(format!(
+                "grid seed {seed} case #{i} {a:?}: kernel {} documented {}",
+                show(&kr),
+                show(&doc)
+            ));
+        }
+        if let Ok(Some(memlock)) = k {
+            let want = kernel_cost(a) + 320;
+            if memlock != want {
+                failures.push(format!(
+                    "grid seed {seed} case #{i} {a:?}: kernel memlock {memlock}, formula {want}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} creation results differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let mut t: Vec<_> = tally.into_iter().collect();
+    t.sort();
+    let line = format!(
+        "kernel diff (creation grid, seed {seed}): {} attribute sets compared {t:?}, 0 mismatches",
+        grid.len()
+    );
+    println!("{line}");
+    eprintln!("{line}");
+}
+
+// --- build-id maps -------------------------------------------------------------
+
+/// Counts the statuses of the `StackBuildId` frames in a dump.
+fn build_id_statuses(d: &Dump) -> [usize; 3] {
+    let mut n = [0; 3];
+    for (_, v) in &d.0 {
+        if let Ok(v) = v {
+            for f in v.chunks_exact(32) {
+                let status = i32::from_ne_bytes(f[..4].try_into().unwrap());
+                if let Some(slot) = usize::try_from(status).ok().and_then(|s| n.get_mut(s)) {
+                    *slot += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn build_id_replay() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped() {
+        return;
+    }
+    let mut tally = Tally::default();
+    let mut statuses = [0; 3];
+    for seed in seeds(1001, 12) {
+        let case = Case::new(seed, true);
+        assert!(case.build_id);
+        let kmap = Map::create(case.attr).unwrap_or_else(|e| {
+            panic!(
+                "seed {seed}: kernel refused {:?}: {}",
+                case.attr,
+                errno_name(e)
+            )
+        });
+        let probe = Probe::attach(kmap);
+        let (ops, kdump) = record(&case, &probe);
+        drop(probe);
+        let s = build_id_statuses(&kdump);
+        for i in 0..3 {
+            statuses[i] += s[i];
+        }
+        tally.add(&ops, 0);
+    }
+    let line = format!(
+        "{} (frames empty/valid/ip: {statuses:?})",
+        tally.summary("build-id maps, kernel side only")
+    );
+    println!("{line}");
+    eprintln!("{line}");
+}
