@@ -12,7 +12,7 @@
 
 #![allow(dead_code)]
 
-pub mod model;
+pub mod ours;
 
 use std::ffi::CString;
 use std::io;
