@@ -20,7 +20,7 @@
 mod kernel;
 
 use kernel::ours::{self, Ours};
-use kernel::{Capture, CreateAttr, Dump, Errno, Map, Probe, Rng};
+use kernel::{Capture, CreateAttr, Dump, Errno, GetStack, Map, Probe, Rng, GS_BUF_MAX};
 use kstackmap::uapi::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,6 +73,8 @@ trait Subject {
     fn delete(&self, id: u32) -> Result<(), Errno>;
     fn update(&self, id: u32, value: &[u8], flags: u64) -> Result<(), Errno>;
     fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno>;
+    /// `bpf_get_stack` on the same chain (not a map operation).
+    fn get_stack(&self, chain: &[u64], flags: u64, buf: &mut [u8]) -> Result<usize, Errno>;
 }
 
 /// One operation as the kernel did it.
@@ -84,6 +86,14 @@ enum Op {
         cpu: usize,
         chain: Vec<u64>,
         kernel: Result<u32, Errno>,
+    },
+    /// The probe's second `bpf_get_stack`, on the chain of the `Call`
+    /// before it.
+    GetStack {
+        chain: Vec<u64>,
+        gs: GetStack,
+        kernel: Result<usize, Errno>,
+        buf: Vec<u8>,
     },
     Lookup {
         id: u32,
@@ -128,6 +138,12 @@ trait Shown {
 }
 
 impl Shown for u32 {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Shown for usize {
     fn shown(&self) -> String {
         self.to_string()
     }
@@ -336,6 +352,43 @@ fn call_flags(case: &Case, rng: &mut Rng, last_nr: usize) -> u64 {
     f
 }
 
+/// The `bpf_get_stack` call under test: user stacks only (the kernel part
+/// differs between the probe's call sites); build-id frames when the case
+/// has a resolver for them; now and then invalid flags or sizes.
+fn get_stack_call(case: &Case, rng: &mut Rng, last_nr: usize) -> GetStack {
+    let mut flags = BPF_F_USER_STACK;
+    if case.build_id && rng.chance(2, 3) {
+        flags |= BPF_F_USER_BUILD_ID;
+    }
+    flags |= match rng.range(0, 6) {
+        0 => rng.range(0, 256),
+        1 => {
+            let lo = last_nr.saturating_sub(2) as u64;
+            rng.range(lo, lo + 5).min(255)
+        }
+        2 => rng.range(0, 8),
+        _ => 0,
+    };
+    let elem = if flags & BPF_F_USER_BUILD_ID != 0 {
+        32
+    } else {
+        8
+    };
+    let mut size = match rng.range(0, 8) {
+        0 => 0,
+        1 => elem * rng.range(1, 4) as usize,
+        _ => elem * rng.range(1, (GS_BUF_MAX / elem) as u64 + 1) as usize,
+    };
+    match rng.range(0, 20) {
+        // BPF_F_USER_BUILD_ID needs BPF_F_USER_STACK: EINVAL, no walk.
+        0 => flags = (flags & !BPF_F_USER_STACK) | BPF_F_USER_BUILD_ID,
+        1 => flags |= 1 << rng.range(12, 64),
+        2 if size > 0 => size = rng.range(1, size as u64 + 1) as usize,
+        _ => {}
+    }
+    GetStack { flags, size }
+}
+
 fn pick_id(case: &Case, rng: &mut Rng, seen: &[u32]) -> u32 {
     let nb = case.n_buckets();
     match rng.range(0, 10) {
@@ -441,7 +494,8 @@ fn record(case: &Case, probe: &Probe) -> (Vec<Op>, Dump) {
             random_path(&mut rng)
         };
         let flags = call_flags(case, &mut rng, last_nr);
-        let cap = probe.capture(&path, flags);
+        let gs = get_stack_call(case, &mut rng, last_nr);
+        let cap = probe.capture(&path, flags, gs);
         let cpu = current_cpu();
         assert!(
             cap.get_stack > 0,
@@ -479,8 +533,18 @@ fn record(case: &Case, probe: &Probe) -> (Vec<Op>, Dump) {
             path,
             flags,
             cpu,
-            chain: cap.chain,
+            chain: cap.chain.clone(),
             kernel,
+        });
+        ops.push(Op::GetStack {
+            chain: cap.chain,
+            gs,
+            kernel: if cap.gs_ret >= 0 {
+                Ok(usize::try_from(cap.gs_ret).expect("get_stack returns a size"))
+            } else {
+                Err(i32::try_from(-cap.gs_ret).expect("errno fits in i32"))
+            },
+            buf: cap.gs_buf,
         });
     }
     (ops, map.dump())
@@ -519,6 +583,20 @@ fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usiz
             } => {
                 let r = s.get_stackid(*cpu, chain, *flags);
                 (r == *kernel, show(&r), show(kernel))
+            }
+            Op::GetStack {
+                chain,
+                gs,
+                kernel,
+                buf,
+            } => {
+                let mut v = vec![0xa5u8; gs.size];
+                let r = s.get_stack(chain, gs.flags, &mut v);
+                (
+                    r == *kernel && v == *buf,
+                    format!("{} buffer {}", show(&r), v.shown()),
+                    format!("{} buffer {}", show(kernel), buf.shown()),
+                )
             }
             Op::Lookup { id, kernel } => {
                 let mut v = vec![0u8; vs];
@@ -599,6 +677,13 @@ fn describe(op: &Op) -> String {
             flags & BPF_F_SKIP_FIELD_MASK,
             chain.len()
         ),
+        Op::GetStack { chain, gs, .. } => format!(
+            "get_stack(flags {:#x}, skip {}, size {}, {} ips {chain:x?})",
+            gs.flags,
+            gs.flags & BPF_F_SKIP_FIELD_MASK,
+            gs.size,
+            chain.len()
+        ),
         Op::Lookup { id, .. } => format!("lookup({id})"),
         Op::LookupAndDelete { id, .. } => format!("lookup_and_delete({id})"),
         Op::Delete { id, .. } => format!("delete({id})"),
@@ -632,6 +717,11 @@ impl Tally {
                         Err(e) => format!("get_stackid:{}", errno_name(*e)),
                     }
                 }
+                Op::GetStack { kernel, .. } => match kernel {
+                    Ok(0) => "get_stack:0".to_string(),
+                    Ok(_) => "get_stack:bytes".to_string(),
+                    Err(e) => format!("get_stack:{}", errno_name(*e)),
+                },
                 Op::Lookup { kernel, .. } => {
                     format!(
                         "lookup:{}",
@@ -700,6 +790,7 @@ fn stack_replay() {
         let ours = Ours {
             map: ours,
             resolver: None,
+            max_stack,
         };
         match replay(&case, &ops, &kdump, &ours) {
             Ok(n) => tally.add(&ops, n),

@@ -43,13 +43,19 @@ const FUNC_GET_STACK: i32 = 67;
 
 /// Frames `bpf_get_stack` is asked for: the default `perf_event_max_stack`.
 pub const CHAIN_MAX: usize = 127;
-/// Slot layout: `[0]` get_stackid return, `[8]` get_stack return, `[16]`
-/// get_stackid flags (input), `[24..]` the raw chain.
-const SLOT_STACKID: usize = 0;
-const SLOT_GETSTACK: usize = 8;
-const SLOT_FLAGS: usize = 16;
-const SLOT_CHAIN: usize = 24;
-const SLOT_SIZE: usize = SLOT_CHAIN + CHAIN_MAX * 8;
+/// Bytes of the second `bpf_get_stack`'s buffer: 127 build-id frames.
+pub const GS_BUF_MAX: usize = CHAIN_MAX * 32;
+/// Slot layout (one array value): results, inputs, the raw chain, and the
+/// buffer of the `bpf_get_stack` under test.
+const SLOT_STACKID: usize = 0; // out: get_stackid's return
+const SLOT_GETSTACK: usize = 8; // out: the raw get_stack's return
+const SLOT_FLAGS: usize = 16; // in: get_stackid flags
+const SLOT_GS_FLAGS: usize = 24; // in: flags of the get_stack under test
+const SLOT_GS_SIZE: usize = 32; // in: its size (<= GS_BUF_MAX)
+const SLOT_GS_RET: usize = 40; // out: its return
+const SLOT_CHAIN: usize = 48; // out: the raw chain, CHAIN_MAX * 8 bytes
+const SLOT_GS_BUF: usize = SLOT_CHAIN + CHAIN_MAX * 8; // out: GS_BUF_MAX bytes
+const SLOT_SIZE: usize = SLOT_GS_BUF + GS_BUF_MAX;
 /// Written before each trigger; a slot still holding it means the program
 /// did not run.
 const SENTINEL: i64 = 0x5EED_5EED;
@@ -264,6 +270,7 @@ const BPF_ADD: u8 = 0x00;
 const BPF_MOV: u8 = 0xb0;
 const BPF_JEQ: u8 = 0x10;
 const BPF_JNE: u8 = 0x50;
+const BPF_JGT: u8 = 0x20;
 const BPF_CALL: u8 = 0x80;
 const BPF_EXIT: u8 = 0x90;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -315,8 +322,9 @@ fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
     p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM));
     exits.push(p.len());
     p.push(insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0));
-    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 7, 0, 0, 0)); // r7 = slot
-                                                           // r0 = bpf_get_stack(ctx, slot + SLOT_CHAIN, CHAIN_MAX * 8, USER_STACK)
+    // r7 = slot
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 7, 0, 0, 0));
+    // slot->raw_ret = bpf_get_stack(ctx, slot->chain, CHAIN_MAX * 8, USER_STACK)
     p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0));
     p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 2, 7, 0, 0));
     p.push(insn(
@@ -333,13 +341,8 @@ fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
         0,
         (CHAIN_MAX * 8) as i32,
     ));
-    p.push(insn(
-        BPF_ALU64 | BPF_MOV | BPF_K,
-        4,
-        0,
-        0,
-        kstackmap::uapi::BPF_F_USER_STACK as i32,
-    ));
+    let user = kstackmap::uapi::BPF_F_USER_STACK as i32;
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_K, 4, 0, 0, user));
     p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_GET_STACK));
     p.push(insn(
         BPF_STX | BPF_MEM | BPF_DW,
@@ -348,7 +351,7 @@ fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
         SLOT_GETSTACK as i16,
         0,
     ));
-    // r0 = bpf_get_stackid(ctx, stackmap, slot->flags)
+    // slot->stackid = bpf_get_stackid(ctx, stackmap, slot->flags)
     p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0));
     p.extend(ld_imm64(2, BPF_PSEUDO_MAP_FD, stack_fd as u64));
     p.push(insn(BPF_LDX | BPF_MEM | BPF_DW, 3, 7, SLOT_FLAGS as i16, 0));
@@ -358,6 +361,40 @@ fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
         7,
         0,
         SLOT_STACKID as i16,
+        0,
+    ));
+    // slot->gs_ret = bpf_get_stack(ctx, slot->gs_buf, slot->gs_size, slot->gs_flags)
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0));
+    p.push(insn(BPF_ALU64 | BPF_MOV | BPF_X, 2, 7, 0, 0));
+    p.push(insn(
+        BPF_ALU64 | BPF_ADD | BPF_K,
+        2,
+        0,
+        0,
+        SLOT_GS_BUF as i32,
+    ));
+    p.push(insn(
+        BPF_LDX | BPF_MEM | BPF_DW,
+        3,
+        7,
+        SLOT_GS_SIZE as i16,
+        0,
+    ));
+    exits.push(p.len());
+    p.push(insn(BPF_JMP | BPF_JGT | BPF_K, 3, 0, 0, GS_BUF_MAX as i32));
+    p.push(insn(
+        BPF_LDX | BPF_MEM | BPF_DW,
+        4,
+        7,
+        SLOT_GS_FLAGS as i16,
+        0,
+    ));
+    p.push(insn(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_GET_STACK));
+    p.push(insn(
+        BPF_STX | BPF_MEM | BPF_DW,
+        7,
+        0,
+        SLOT_GS_RET as i16,
         0,
     ));
     let out = p.len();
@@ -379,6 +416,18 @@ pub struct Capture {
     pub get_stack: i64,
     /// The raw user chain (`get_stack / 8` ips).
     pub chain: Vec<u64>,
+    /// The `bpf_get_stack` under test: its return (bytes or `-errno`) and
+    /// its whole buffer (`size` bytes).
+    pub gs_ret: i64,
+    pub gs_buf: Vec<u8>,
+}
+
+/// The `bpf_get_stack` call under test in a capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetStack {
+    pub flags: u64,
+    /// Buffer size in bytes, at most [`GS_BUF_MAX`].
+    pub size: usize,
 }
 
 /// A stack map with the probe program attached for the creating thread.
@@ -445,7 +494,8 @@ impl Probe {
 
     /// Arms the slot with `flags`, calls `getppid` through `path`, and
     /// returns what the program saw.
-    pub fn capture(&self, path: &[u8], flags: u64) -> Capture {
+    pub fn capture(&self, path: &[u8], flags: u64, gs: GetStack) -> Capture {
+        assert!(gs.size <= GS_BUF_MAX);
         assert_eq!(
             current_pid_tgid(),
             self.pid_tgid,
@@ -455,14 +505,20 @@ impl Probe {
         slot[SLOT_STACKID..SLOT_STACKID + 8].copy_from_slice(&SENTINEL.to_ne_bytes());
         slot[SLOT_GETSTACK..SLOT_GETSTACK + 8].copy_from_slice(&SENTINEL.to_ne_bytes());
         slot[SLOT_FLAGS..SLOT_FLAGS + 8].copy_from_slice(&flags.to_ne_bytes());
+        slot[SLOT_GS_FLAGS..SLOT_GS_FLAGS + 8].copy_from_slice(&gs.flags.to_ne_bytes());
+        slot[SLOT_GS_SIZE..SLOT_GS_SIZE + 8].copy_from_slice(&(gs.size as u64).to_ne_bytes());
+        slot[SLOT_GS_RET..SLOT_GS_RET + 8].copy_from_slice(&SENTINEL.to_ne_bytes());
+        // A non-zero pattern, so that the kernel's zeroing shows.
+        slot[SLOT_GS_BUF..].fill(0xa5);
         self.slot.update(0, &slot, 0).expect("arm the probe slot");
         call_path(path);
         self.slot.lookup(0, &mut slot).expect("read the probe slot");
         let word = |at: usize| i64::from_ne_bytes(slot[at..at + 8].try_into().unwrap());
         let stackid = word(SLOT_STACKID);
         let get_stack = word(SLOT_GETSTACK);
+        let gs_ret = word(SLOT_GS_RET);
         assert!(
-            stackid != SENTINEL && get_stack != SENTINEL,
+            stackid != SENTINEL && get_stack != SENTINEL && gs_ret != SENTINEL,
             "the probe did not fire for getppid on this thread"
         );
         let n = if get_stack > 0 {
@@ -478,6 +534,8 @@ impl Probe {
             stackid,
             get_stack,
             chain,
+            gs_ret,
+            gs_buf: slot[SLOT_GS_BUF..SLOT_GS_BUF + gs.size].to_vec(),
         }
     }
 }

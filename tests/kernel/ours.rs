@@ -8,6 +8,8 @@ use kstackmap::{Config, Error, MapAttr, StackMap, VmaResolver};
 pub struct Ours<'r> {
     pub map: StackMap,
     pub resolver: Option<&'r dyn VmaResolver>,
+    /// `perf_event_max_stack`, for `get_stack`.
+    pub max_stack: u32,
 }
 
 fn errno<T>(r: Result<T, Error>) -> Result<T, Errno> {
@@ -48,5 +50,14 @@ impl crate::Subject for Ours<'_> {
     }
     fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno> {
         errno(self.map.get_next_key(key))
+    }
+    fn get_stack(&self, chain: &[u64], flags: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        errno(kstackmap::get_stack_max(
+            chain,
+            flags,
+            buf,
+            self.resolver,
+            self.max_stack,
+        ))
     }
 }
