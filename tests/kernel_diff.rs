@@ -270,10 +270,20 @@ impl Case {
     }
 }
 
+/// One caller of a path (see `kernel::call_path`): mostly the three Rust
+/// functions, now and then a stub in a mapping without a build id.
+fn path_byte(rng: &mut Rng) -> u8 {
+    if rng.chance(1, 10) {
+        rng.range(3, 5) as u8
+    } else {
+        rng.range(0, 3) as u8
+    }
+}
+
 /// Paths revisited often: every path of depth 0..=2.
 fn hot_path(rng: &mut Rng) -> Vec<u8> {
     let d = rng.range(0, 3) as usize;
-    (0..d).map(|_| rng.range(0, 3) as u8).collect()
+    (0..d).map(|_| path_byte(rng)).collect()
 }
 
 fn random_path(rng: &mut Rng) -> Vec<u8> {
@@ -283,7 +293,7 @@ fn random_path(rng: &mut Rng) -> Vec<u8> {
     } else {
         rng.range(0, 40)
     } as usize;
-    (0..d).map(|_| rng.range(0, 3) as u8).collect()
+    (0..d).map(|_| path_byte(rng)).collect()
 }
 
 fn call_flags(case: &Case, rng: &mut Rng, last_nr: usize) -> u64 {

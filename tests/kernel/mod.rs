@@ -545,8 +545,10 @@ impl Probe {
 static SINK: AtomicUsize = AtomicUsize::new(0);
 
 /// Calls the marker syscall through a chain of frames chosen by `path`
-/// (each byte picks one of three functions), so distinct paths leave
-/// distinct frame-pointer chains.
+/// (each byte picks one of five callers), so distinct paths leave distinct
+/// frame-pointer chains. Bytes 3 and 4 go through a small machine-code
+/// stub in an anonymous executable mapping and in a file-backed one whose
+/// file is no ELF: frames with no build id (status IP in build-id maps).
 #[inline(never)]
 pub fn call_path(path: &[u8]) {
     step(std::hint::black_box(path));
@@ -556,12 +558,128 @@ pub fn call_path(path: &[u8]) {
 fn step(path: &[u8]) {
     match path.split_first() {
         None => trigger(),
-        Some((c, rest)) => match c % 3 {
+        Some((c, rest)) => match c % 5 {
             0 => fa(rest),
             1 => fb(rest),
-            _ => fc(rest),
+            2 => fc(rest),
+            3 => via_stub(stubs().anon, rest),
+            _ => via_stub(stubs().file, rest),
         },
     }
+}
+
+/// x86-64 machine code of `stub(target, arg)`: sets up a frame-pointer
+/// frame and calls `target(arg)`:
+/// `push rbp; mov rbp, rsp; mov rax, rdi; mov rdi, rsi; call rax; pop rbp; ret`.
+#[cfg(target_arch = "x86_64")]
+const STUB_CODE: [u8; 14] = [
+    0x55, 0x48, 0x89, 0xe5, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0xff, 0xd0, 0x5d, 0xc3,
+];
+
+type StubFn = unsafe extern "C" fn(extern "C" fn(*const Rest), *const Rest);
+
+/// The rest of a path, passed through a stub.
+struct Rest<'a>(&'a [u8]);
+
+/// The two stubs' entry points (0 where there is no stub: other arches).
+struct Stubs {
+    anon: usize,
+    file: usize,
+}
+
+fn stubs() -> &'static Stubs {
+    static STUBS: std::sync::OnceLock<Stubs> = std::sync::OnceLock::new();
+    STUBS.get_or_init(|| Stubs {
+        anon: map_stub(None),
+        file: map_stub(Some(())),
+    })
+}
+
+/// Maps a page holding the stub: anonymous, or (with `file`) from a
+/// temporary file that is not an ELF (removed once mapped).
+#[cfg(target_arch = "x86_64")]
+fn map_stub(file: Option<()>) -> usize {
+    use std::io::Write;
+    let page = 4096;
+    let mut code = vec![0xcc_u8; page]; // int3 around the stub
+    code[..STUB_CODE.len()].copy_from_slice(&STUB_CODE);
+    let addr = match file {
+        None => {
+            // SAFETY: a fresh private anonymous mapping; nothing aliases it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert!(
+                p != libc::MAP_FAILED,
+                "mmap: {}",
+                io::Error::last_os_error()
+            );
+            // SAFETY: `p` is a writable mapping of `page` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), page) };
+            // SAFETY: `p` is the start of the mapping made above.
+            let r = unsafe { libc::mprotect(p, page, libc::PROT_READ | libc::PROT_EXEC) };
+            assert_eq!(r, 0, "mprotect: {}", io::Error::last_os_error());
+            p
+        }
+        Some(()) => {
+            let path = std::env::temp_dir().join(format!("kdiff-stub-{}", std::process::id()));
+            let mut f = std::fs::File::create(&path).expect("create the stub file");
+            f.write_all(&code).expect("write the stub file");
+            drop(f);
+            let f = std::fs::File::open(&path).expect("open the stub file");
+            // SAFETY: maps `page` bytes of a file we own, read + exec.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert!(
+                p != libc::MAP_FAILED,
+                "mmap: {}",
+                io::Error::last_os_error()
+            );
+            let _ = std::fs::remove_file(&path);
+            p
+        }
+    };
+    addr as usize
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn map_stub(_file: Option<()>) -> usize {
+    0
+}
+
+#[inline(never)]
+fn via_stub(stub: usize, rest: &[u8]) {
+    extern "C" fn target(rest: *const Rest) {
+        // SAFETY: `rest` points to the `Rest` on `via_stub`'s frame, which
+        // outlives this call.
+        step(unsafe { (*rest).0 });
+    }
+    if stub == 0 {
+        return fa(rest);
+    }
+    let r = Rest(rest);
+    // SAFETY: `stub` is the entry of STUB_CODE, mapped executable, which
+    // follows the C calling convention and calls `target(&r)` once.
+    unsafe {
+        let f: StubFn = std::mem::transmute::<usize, StubFn>(stub);
+        f(target, &r);
+    }
+    SINK.fetch_add(4, Ordering::Relaxed);
 }
 
 #[inline(never)]
