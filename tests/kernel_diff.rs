@@ -271,12 +271,13 @@ impl Case {
 }
 
 /// One caller of a path (see `kernel::call_path`): mostly the three Rust
-/// functions, now and then a stub in a mapping without a build id.
+/// functions, now and then a stub in a mapping without a build id or a
+/// fake frame with an odd return address.
 fn path_byte(rng: &mut Rng) -> u8 {
-    if rng.chance(1, 10) {
-        rng.range(3, 5) as u8
-    } else {
-        rng.range(0, 3) as u8
+    match rng.range(0, 40) {
+        0..=3 => rng.range(3, 5) as u8,
+        4 => 5 + rng.range(0, kernel::fake_ips().len() as u64) as u8,
+        _ => rng.range(0, 3) as u8,
     }
 }
 
@@ -707,6 +708,8 @@ struct Tally {
     cases: usize,
     compared: usize,
     calls: usize,
+    /// Calls whose chain holds a fake frame's ip.
+    fake: usize,
     outcomes: HashMap<String, usize>,
 }
 
@@ -720,8 +723,11 @@ impl Tally {
                 Err(e) => errno_name(e),
             };
             let k = match op {
-                Op::Call { kernel, .. } => {
+                Op::Call { kernel, chain, .. } => {
                     self.calls += 1;
+                    if chain.iter().any(|ip| kernel::fake_ips().contains(ip)) {
+                        self.fake += 1;
+                    }
                     match kernel {
                         Ok(_) => "get_stackid:id".to_string(),
                         Err(e) => format!("get_stackid:{}", errno_name(*e)),
@@ -756,8 +762,8 @@ impl Tally {
         let mut o: Vec<_> = self.outcomes.iter().collect();
         o.sort();
         format!(
-            "kernel diff ({what}): {} seeded cases, {} results compared ({} get_stackid calls; kernel outcomes {o:?}), 0 mismatches",
-            self.cases, self.compared, self.calls
+            "kernel diff ({what}): {} seeded cases, {} results compared ({} get_stackid calls, {} through fake frames; kernel outcomes {o:?}), 0 mismatches",
+            self.cases, self.compared, self.calls, self.fake
         )
     }
 }

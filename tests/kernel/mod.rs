@@ -549,6 +549,9 @@ static SINK: AtomicUsize = AtomicUsize::new(0);
 /// frame-pointer chains. Bytes 3 and 4 go through a small machine-code
 /// stub in an anonymous executable mapping and in a file-backed one whose
 /// file is no ELF: frames with no build id (status IP in build-id maps).
+/// Bytes `5 + k` go through a stub that links a fake frame into the chain
+/// whose return address is [`fake_ips`]`()[k]`: an ip in no mapping, in a
+/// gap below a mapping, in the kernel's half, ... (see there).
 #[inline(never)]
 pub fn call_path(path: &[u8]) {
     step(std::hint::black_box(path));
@@ -558,12 +561,13 @@ pub fn call_path(path: &[u8]) {
 fn step(path: &[u8]) {
     match path.split_first() {
         None => trigger(),
-        Some((c, rest)) => match c % 5 {
+        Some((c, rest)) => match c {
             0 => fa(rest),
             1 => fb(rest),
             2 => fc(rest),
             3 => via_stub(stubs().anon, rest),
-            _ => via_stub(stubs().file, rest),
+            4 => via_stub(stubs().file, rest),
+            _ => via_fake_frame(stubs(), usize::from(c - 5), rest),
         },
     }
 }
@@ -576,23 +580,94 @@ const STUB_CODE: [u8; 14] = [
     0x55, 0x48, 0x89, 0xe5, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0xff, 0xd0, 0x5d, 0xc3,
 ];
 
+/// `fake(target, arg, ip)`: as [`STUB_CODE`], but with a fake frame
+/// `{ next: the stub's own frame, return address: ip }` linked in between,
+/// so a frame-pointer walk records `ip`:
+/// `push rbp; mov rbp, rsp; push rdx; push rbp; mov rax, rdi;
+/// mov rdi, rsi; mov rbp, rsp; call rax; add rsp, 16; pop rbp; ret`.
+#[cfg(target_arch = "x86_64")]
+const FAKE_FRAME_CODE: [u8; 26] = [
+    0x55, 0x48, 0x89, 0xe5, 0x52, 0x55, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0x48, 0x89, 0xe5, 0xff,
+    0xd0, 0x48, 0x83, 0xc4, 0x10, 0x5d, 0xc3, 0xcc, 0xcc, 0xcc,
+];
+/// Where `FAKE_FRAME_CODE` sits in the anonymous stub page.
+const FAKE_FRAME_AT: usize = 64;
+
 type StubFn = unsafe extern "C" fn(extern "C" fn(*const Rest), *const Rest);
+type FakeFn = unsafe extern "C" fn(extern "C" fn(*const Rest), *const Rest, u64);
 
 /// The rest of a path, passed through a stub.
 struct Rest<'a>(&'a [u8]);
 
-/// The two stubs' entry points (0 where there is no stub: other arches).
+/// The stubs' entry points (0 where there is no stub: other arches).
 struct Stubs {
     anon: usize,
     file: usize,
+    fake_ips: Vec<u64>,
 }
 
 fn stubs() -> &'static Stubs {
     static STUBS: std::sync::OnceLock<Stubs> = std::sync::OnceLock::new();
-    STUBS.get_or_init(|| Stubs {
-        anon: map_stub(None),
-        file: map_stub(Some(())),
+    STUBS.get_or_init(|| {
+        let anon = map_stub(None);
+        let file = map_stub(Some(()));
+        Stubs {
+            anon,
+            file,
+            fake_ips: make_fake_ips(anon),
+        }
     })
+}
+
+/// The return addresses fake frames put in chains: ips no real call
+/// leaves, for the build-id resolution's edge cases (`find_vma` gives the
+/// first mapping ending above the ip, which need not contain it; the file
+/// offset then wraps).
+pub fn fake_ips() -> &'static [u64] {
+    &stubs().fake_ips
+}
+
+fn make_fake_ips(anon: usize) -> Vec<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let ranges: Vec<(u64, u64, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            let file = rest
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|p| p.starts_with('/'));
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                file,
+            ))
+        })
+        .collect();
+    let first = ranges.first().map_or(0x1000, |r| r.0);
+    // The first file mapping that starts above a gap: an ip just below it
+    // resolves (find_vma) to that file at a "negative" offset.
+    let below_file = ranges
+        .windows(2)
+        .find(|w| w[1].2 && w[0].1 < w[1].0)
+        .map_or(first, |w| w[1].0);
+    let last_user = ranges
+        .iter()
+        .filter(|r| r.1 < 1 << 47)
+        .map(|r| r.1)
+        .max()
+        .unwrap_or(1 << 46);
+    vec![
+        0,
+        1,
+        first.wrapping_sub(0x10),   // below every mapping: the first one
+        below_file.wrapping_sub(8), // in a gap, below a file mapping
+        anon as u64 + 3,            // inside the anonymous stub page
+        last_user + 0x1000,         // above the last user mapping: none
+        0xffff_ffff_8100_0000,      // a kernel address
+        u64::MAX,
+    ]
 }
 
 /// Maps a page holding the stub: anonymous, or (with `file`) from a
@@ -601,8 +676,9 @@ fn stubs() -> &'static Stubs {
 fn map_stub(file: Option<()>) -> usize {
     use std::io::Write;
     let page = 4096;
-    let mut code = vec![0xcc_u8; page]; // int3 around the stub
+    let mut code = vec![0xcc_u8; page]; // int3 around the stubs
     code[..STUB_CODE.len()].copy_from_slice(&STUB_CODE);
+    code[FAKE_FRAME_AT..FAKE_FRAME_AT + FAKE_FRAME_CODE.len()].copy_from_slice(&FAKE_FRAME_CODE);
     let addr = match file {
         None => {
             // SAFETY: a fresh private anonymous mapping; nothing aliases it.
@@ -662,13 +738,30 @@ fn map_stub(_file: Option<()>) -> usize {
     0
 }
 
+extern "C" fn stub_target(rest: *const Rest) {
+    // SAFETY: `rest` points to the `Rest` on the frame of `via_stub` or
+    // `via_fake_frame`, which outlives this call.
+    step(unsafe { (*rest).0 });
+}
+
+#[inline(never)]
+fn via_fake_frame(stubs: &Stubs, k: usize, rest: &[u8]) {
+    let (Some(&ip), true) = (stubs.fake_ips.get(k), stubs.anon != 0) else {
+        return fb(rest);
+    };
+    let r = Rest(rest);
+    // SAFETY: `anon + FAKE_FRAME_AT` is the entry of FAKE_FRAME_CODE, mapped
+    // executable; it follows the C calling convention, restores rbp and
+    // rsp, and calls `stub_target(&r)` once.
+    unsafe {
+        let f: FakeFn = std::mem::transmute::<usize, FakeFn>(stubs.anon + FAKE_FRAME_AT);
+        f(stub_target, &r, ip);
+    }
+    SINK.fetch_add(5, Ordering::Relaxed);
+}
+
 #[inline(never)]
 fn via_stub(stub: usize, rest: &[u8]) {
-    extern "C" fn target(rest: *const Rest) {
-        // SAFETY: `rest` points to the `Rest` on `via_stub`'s frame, which
-        // outlives this call.
-        step(unsafe { (*rest).0 });
-    }
     if stub == 0 {
         return fa(rest);
     }
@@ -677,7 +770,7 @@ fn via_stub(stub: usize, rest: &[u8]) {
     // follows the C calling convention and calls `target(&r)` once.
     unsafe {
         let f: StubFn = std::mem::transmute::<usize, StubFn>(stub);
-        f(target, &r);
+        f(stub_target, &r);
     }
     SINK.fetch_add(4, Ordering::Relaxed);
 }
