@@ -1044,15 +1044,20 @@ fn creation_grid_matches() {
 
 // --- build-id maps -------------------------------------------------------------
 
-/// Counts the statuses of the `StackBuildId` frames in a dump.
-fn build_id_statuses(d: &Dump) -> [usize; 3] {
-    let mut n = [0; 3];
+/// Counts the statuses of the `StackBuildId` frames in a dump: EMPTY,
+/// VALID, IP, and VALID with a wrapped offset (an ip below its mapping).
+fn build_id_statuses(d: &Dump) -> [usize; 4] {
+    let mut n = [0; 4];
     for (_, v) in &d.0 {
         if let Ok(v) = v {
             for f in v.chunks_exact(32) {
                 let status = i32::from_ne_bytes(f[..4].try_into().unwrap());
+                let offset = u64::from_ne_bytes(f[24..].try_into().unwrap());
                 if let Some(slot) = usize::try_from(status).ok().and_then(|s| n.get_mut(s)) {
                     *slot += 1;
+                }
+                if status == BPF_STACK_BUILD_ID_VALID && offset > 1 << 63 {
+                    n[3] += 1;
                 }
             }
         }
@@ -1067,7 +1072,7 @@ fn build_id_replay() {
         return;
     }
     let mut tally = Tally::default();
-    let mut statuses = [0; 3];
+    let mut statuses = [0; 4];
     // The replay through ProcMaps waits for ProcMaps (branch buildid) on main.
     for seed in seeds(1001, 16) {
         let case = Case::new(seed, true);
@@ -1083,13 +1088,13 @@ fn build_id_replay() {
         let (ops, kdump) = record(&case, &probe);
         drop(probe);
         let s = build_id_statuses(&kdump);
-        for i in 0..3 {
+        for i in 0..4 {
             statuses[i] += s[i];
         }
         tally.add(&ops, 0);
     }
     let line = format!(
-        "{} (frames empty/valid/ip: {statuses:?})",
+        "{} (frames empty/valid/ip/valid-below-mapping: {statuses:?})",
         tally.summary("build-id maps, kernel side only")
     );
     loud(&line);
