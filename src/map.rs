@@ -588,15 +588,18 @@ impl<'a> StackMapIn<'a> {
     }
 
     /// Copies slot `e`'s frames into `value` and zeroes the tail.
-    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) {
-        let nr = e.word(NR) as usize;
-        let len = (nr * self.geo.frame_size as usize).min(self.geo.attr.value_size as usize);
+    /// Copies slot `e`'s frames into `value`, zeroes the tail, and returns
+    /// the number of frames.
+    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
+        let nr = (e.word(NR) as usize).min(self.geo.value_frames as usize);
+        let len = nr * self.geo.frame_size as usize;
         let (head, tail) = value.split_at_mut(len.min(value.len()));
         for (chunk, w) in head.chunks_mut(4).zip(e.data()) {
             let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
             chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or(&bytes));
         }
         tail.fill(0);
+        nr
     }
 
     fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
@@ -614,13 +617,46 @@ impl<'a> StackMapIn<'a> {
     /// (the kernel's copy does, and can make a concurrent insert vanish),
     /// and retries only if a writer changed the bucket meanwhile.
     pub fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Error> {
+        self.lookup_frames(id, value).map(drop)
+    }
+
+    /// [`lookup`](StackMapIn::lookup) that returns the number of frames.
+    fn lookup_frames(&self, id: u32, value: &mut [u8]) -> Result<usize, Error> {
         self.may(true, false)?;
         let bucket = self.bucket(id).ok_or(Error::NoEnt)?;
         let value = self.value_buf(value)?;
         match self.observe(bucket, |e| self.copy_out(e, value)) {
             Seen::Empty => Err(Error::NoEnt),
-            Seen::Slot(..) => Ok(()),
+            Seen::Slot(_, nr) => Ok(nr),
         }
+    }
+
+    /// [`lookup`](StackMapIn::lookup) into a typed buffer of an ips map,
+    /// with no intermediate copy: the value lands in `out` (at least
+    /// `value_size / 8` long, else `Inval`) and the stack's frames are
+    /// returned as a slice of it. `Inval` on a build-id map.
+    pub fn lookup_ips<'v>(&self, id: u32, out: &'v mut [u64]) -> Result<&'v [u64], Error> {
+        if self.geo.build_id() {
+            return Err(Error::Inval);
+        }
+        let nr = self.lookup_frames(id, zerocopy::IntoBytes::as_mut_bytes(&mut *out))?;
+        Ok(out.get(..nr).unwrap_or(&[]))
+    }
+
+    /// [`lookup`](StackMapIn::lookup) into typed [`StackBuildId`] frames of
+    /// a build-id map, with no intermediate copy; returns the stack's
+    /// frames. `Inval` on an ips map or when `out` is shorter than
+    /// `value_size / 32`.
+    pub fn lookup_build_ids<'v>(
+        &self,
+        id: u32,
+        out: &'v mut [StackBuildId],
+    ) -> Result<&'v [StackBuildId], Error> {
+        if !self.geo.build_id() {
+            return Err(Error::Inval);
+        }
+        let nr = self.lookup_frames(id, zerocopy::IntoBytes::as_mut_bytes(&mut *out))?;
+        Ok(out.get(..nr).unwrap_or(&[]))
     }
 
     /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 6.18+): copies stack `id`
