@@ -21,12 +21,18 @@ extern crate alloc;
 extern crate std;
 
 pub mod build_id;
+pub mod elf_note;
 mod error;
 pub mod jhash;
+#[cfg(feature = "std")]
+pub mod proc_maps;
 mod sync;
 pub mod uapi;
 
 pub use build_id::{BuildId, Vma, VmaResolver};
+pub use elf_note::{parse_build_id, BuildIdNote};
 pub use error::Error;
 pub use jhash::{jhash2, trace_hash};
+#[cfg(feature = "std")]
+pub use proc_maps::ProcMaps;
 pub use uapi::{BuildIdStatus, StackBuildId};
