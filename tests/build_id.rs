@@ -459,3 +459,74 @@ fn linker_made_binaries_of_both_classes() {
     let _ = fs::remove_dir_all(&dir);
     eprintln!("checked {checked} linker-made binaries");
 }
+
+/// Every ELF executable and shared object in the system's binary and
+/// library folders (files up to 16 MiB): `parse_build_id` (program
+/// headers, kernel rules) agrees with `object` (section headers), except
+/// where the build id section lies outside every `PT_NOTE` segment — as
+/// in Go binaries, whose `PT_NOTE` covers only `.note.go.buildid`. The
+/// kernel reads segments only, so it finds no id there, and nor do we.
+#[test]
+fn system_binaries_agree_with_object() {
+    use object::ObjectSection;
+    let (mut files, mut with_id, mut outside_pt_note) = (0, 0, 0);
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/libexec",
+    ] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
+            if !md.is_file() || md.len() > 16 << 20 {
+                continue;
+            }
+            let Ok(data) = fs::read(&path) else {
+                continue;
+            };
+            let Ok(file) = ElfFile64::<Endianness>::parse(&*data) else {
+                continue;
+            };
+            if !matches!(
+                file.kind(),
+                object::ObjectKind::Executable | object::ObjectKind::Dynamic
+            ) {
+                continue;
+            }
+            files += 1;
+            let ours = parse_build_id(&data);
+            let theirs = file.build_id().ok().flatten();
+            with_id += usize::from(ours.is_some());
+            if ours.as_ref().map(BuildIdNote::as_bytes) == theirs {
+                continue;
+            }
+            // The only accepted difference: no PT_NOTE covers the section.
+            assert!(ours.is_none(), "{}: {ours:?} vs {theirs:?}", path.display());
+            let section = file
+                .section_by_name(".note.gnu.build-id")
+                .unwrap_or_else(|| panic!("{}: object's id has no section", path.display()));
+            let (start, size) = section.file_range().unwrap();
+            let e = file.endian();
+            let covered = file.elf_program_headers().iter().any(|ph| {
+                ph.p_type(e) == object::elf::PT_NOTE
+                    && ph.p_offset(e) <= start
+                    && start + size <= ph.p_offset(e) + ph.p_filesz(e)
+            });
+            assert!(
+                !covered,
+                "{}: id in a PT_NOTE but not found",
+                path.display()
+            );
+            outside_pt_note += 1;
+        }
+    }
+    eprintln!("{files} system ELF files: {with_id} with a build id, {outside_pt_note} with it outside PT_NOTE");
+    assert!(files > 0 && with_id > 0);
+}
