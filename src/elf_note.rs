@@ -190,6 +190,19 @@ impl ElfSource for &[u8] {
 /// with a 1 to 20 byte descriptor.
 ///
 /// Total: any input gives `Some` or `None`, never a panic.
+///
+/// # Examples
+///
+/// ```
+/// let exe = std::fs::read(std::env::current_exe()?)?;
+/// if let Some(id) = kstackmap::parse_build_id(&exe) {
+///     // `id` prints like `readelf -n`'s "Build ID:" line.
+///     assert_eq!(id.to_string().len(), 2 * id.size());
+///     let stored: kstackmap::BuildId = id.padded(); // zero-padded to 20
+///     assert_eq!(&stored[..id.size()], id.as_bytes());
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn parse_build_id(elf: &[u8]) -> Option<BuildIdNote> {
     let mut src = elf;
     parse_build_id_from(&mut src)

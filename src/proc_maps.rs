@@ -251,6 +251,25 @@ impl fmt::Display for Mapping {
 
 /// The mappings of one process, with the build ids of their files: a
 /// [`VmaResolver`] for build-id stack maps.
+///
+/// # Examples
+///
+/// ```
+/// use kstackmap::{ProcMaps, VmaResolver};
+///
+/// fn here() {}
+/// let maps = ProcMaps::for_pid(std::process::id())?;
+/// let ip = here as *const () as u64;
+/// let vma = maps.find_vma(ip).expect("this code is mapped");
+/// assert!(vma.start <= ip && ip < vma.end);
+/// // The frame as a build-id map stores it: (build id, file offset).
+/// let offset = vma.file_offset.wrapping_add(ip).wrapping_sub(vma.start);
+/// # let _ = (vma.build_id, offset);
+/// for m in &maps {
+///     println!("{m}"); // the kernel's line again
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcMaps {
     maps: Vec<Mapping>,
