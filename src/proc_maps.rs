@@ -321,7 +321,9 @@ impl ProcMaps {
         let root = format!("/proc/{pid}/root");
         maps.resolve(|m| {
             let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-            open_regular(&link).or_else(|| open_by_path(m, &root))
+            open_regular(&link)
+                .or_else(|| open_by_path(m, &root))
+                .or_else(|| open_by_path(m, ""))
         });
         Ok(maps)
     }

@@ -22,6 +22,15 @@ use object::elf::{PF_X, PT_LOAD};
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Endianness, Object, ObjectSymbol};
 
+/// Writes to the process's stderr directly, past libtest's capture, so
+/// that a skipped check shows even when its test passes.
+macro_rules! loud {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 extern "C" {
     // Only its address is taken (never called): a function inside libc.
     fn getpid() -> i32;
@@ -104,7 +113,7 @@ fn real_binaries_match_readelf_and_object() {
                 );
                 compared_with_readelf += 1;
             }
-            Err(e) => eprintln!(
+            Err(e) => loud!(
                 "\n!!!!! SKIPPED the readelf comparison for {}: {e}\n!!!!! \
                  install binutils (apt-get install -y binutils) to run it\n",
                 path.display()
@@ -321,7 +330,7 @@ fn deleted_executable_resolves_through_map_files() {
     let first = own.iter().find(|m| m.file_path().is_some()).unwrap();
     let link = format!("/proc/self/map_files/{:x}-{:x}", first.start, first.end);
     if let Err(e) = fs::File::open(&link) {
-        eprintln!("\n!!!!! SKIPPED the deleted-executable test: cannot open {link}: {e}\n");
+        loud!("\n!!!!! SKIPPED the deleted-executable test: cannot open {link}: {e}\n");
         return;
     }
     let src = Path::new("/bin/sleep");
@@ -434,7 +443,7 @@ fn linker_made_binaries_of_both_classes() {
                 .arg(&obj))
         });
         if let Err(e) = built {
-            eprintln!("\n!!!!! SKIPPED linker case {emul} {style}: {e}\n!!!!! install binutils to run it\n");
+            loud!("\n!!!!! SKIPPED linker case {emul} {style}: {e}\n!!!!! install binutils to run it\n");
             continue;
         }
         let ours = parse_build_id(&fs::read(&exe).unwrap());
@@ -452,7 +461,7 @@ fn linker_made_binaries_of_both_classes() {
         match readelf_build_id(&exe) {
             Ok(hex) if want_len.is_some() => assert_eq!(hex, ours.map(|id| id.to_string())),
             Ok(hex) => eprintln!("{emul} {style}: readelf shows {hex:?}, the kernel nothing"),
-            Err(e) => eprintln!("\n!!!!! SKIPPED the readelf comparison for {emul} {style}: {e}\n"),
+            Err(e) => loud!("\n!!!!! SKIPPED the readelf comparison for {emul} {style}: {e}\n"),
         }
         checked += 1;
     }
