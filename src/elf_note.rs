@@ -750,6 +750,27 @@ mod tests {
     }
 
     #[test]
+    fn misaligned_tables_and_notes_still_parse() {
+        // The kernel copies fields out byte-wise (freader): neither the
+        // program header table nor a note segment need be aligned.
+        let base = simple(LE64, &ID20);
+        let notes = note_bytes(&[gnu(&ID20)], LE64);
+        let mut v = base.clone();
+        v.push(0xaa); // odd offset for what follows
+        let note_at = v.len();
+        v.extend_from_slice(&notes);
+        let ph_at = v.len();
+        v.extend_from_slice(&base[64..120]); // the phdr, moved
+        put(&mut v, 32, ph_at as u64, 8, false); // e_phoff, odd
+        put(&mut v, ph_at + 8, note_at as u64, 8, false); // p_offset, odd
+        assert_eq!(ph_at % 2, 1);
+        assert_eq!(parse_build_id(&v).unwrap().padded(), ID20);
+        // A note that starts mid-way through another is just garbage.
+        put(&mut v, ph_at + 8, note_at as u64 + 2, 8, false);
+        assert_eq!(parse_build_id(&v), None);
+    }
+
+    #[test]
     fn a_note_needs_more_than_16_bytes_of_segment() {
         let notes = note_bytes(&[gnu(&ID20[..1])], LE64);
         assert_eq!(notes.len(), 20);
