@@ -539,3 +539,54 @@ fn system_binaries_agree_with_object() {
     eprintln!("{files} system ELF files: {with_id} with a build id, {outside_pt_note} with it outside PT_NOTE");
     assert!(files > 0 && with_id > 0);
 }
+
+/// A build-id map fed a chain of this process's own addresses (a function
+/// of the test binary, one in libc, and an address in no file) stores
+/// VALID frames with the build id and file offset `ProcMaps` gives for the
+/// binary and libc, and status IP for the rest.
+#[test]
+fn build_id_map_resolves_own_frames() {
+    use kstackmap::uapi::{BPF_F_STACK_BUILD_ID, BPF_F_USER_STACK};
+    use kstackmap::{BuildIdStatus, MapAttr, StackBuildId, StackMap};
+
+    let maps = ProcMaps::for_pid(std::process::id()).unwrap();
+    let in_exe = resolve_me_kstackmap as *const () as usize as u64;
+    let in_libc = getpid as *const () as usize as u64;
+    let stack_var = 0u8;
+    let on_stack = &stack_var as *const u8 as u64; // [stack]: no file, no id
+    let chain = [in_exe, in_libc, in_exe + 1, on_stack];
+    let attr = MapAttr {
+        max_entries: 4,
+        value_size: 32 * 8,
+        map_flags: BPF_F_STACK_BUILD_ID,
+        ..MapAttr::default()
+    };
+    let map = StackMap::new(&attr).unwrap();
+    let id = map
+        .get_stackid_resolved(0, &chain, BPF_F_USER_STACK, &maps)
+        .unwrap();
+    let mut out = [StackBuildId::default(); 8];
+    let frames = map.lookup_build_ids(id, &mut out).unwrap();
+    assert_eq!(frames.len(), 4);
+    for (f, &ip) in frames.iter().zip(&chain).take(3) {
+        let vma = maps.find_vma(ip).unwrap();
+        assert_eq!(f.status(), Ok(BuildIdStatus::Valid), "{ip:#x}");
+        assert_eq!(Some(f.build_id), vma.build_id);
+        assert_eq!(f.offset(), Some(vma.file_offset + ip - vma.start));
+    }
+    assert_eq!(frames[3], StackBuildId::from_ip(on_stack));
+    // Kernel stacks (no BPF_F_USER_STACK) are never resolved. The same
+    // ips hash to the same id, whose bucket holds other frames: EEXIST,
+    // as in the kernel; a fresh map stores them.
+    assert_eq!(
+        map.get_stackid_resolved(0, &chain, 0, &maps),
+        Err(kstackmap::Error::Exist)
+    );
+    let map = StackMap::new(&attr).unwrap();
+    let kid = map.get_stackid_resolved(0, &chain, 0, &maps).unwrap();
+    let frames = map.lookup_build_ids(kid, &mut out).unwrap();
+    assert!(frames
+        .iter()
+        .zip(&chain)
+        .all(|(f, &ip)| *f == StackBuildId::from_ip(ip)));
+}
