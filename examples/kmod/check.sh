@@ -16,7 +16,7 @@
 # test of the entry points on the host.
 #
 # Needs only rustup: it installs the target and llvm-tools (llvm-nm,
-# llvm-objdump); rust-lld ships with rustc.
+# llvm-objdump), falling back to binutils; rust-lld ships with rustc.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,13 +24,23 @@ target=x86_64-unknown-none
 out=${CARGO_TARGET_DIR:-$root/target}/kmod
 expected="kstackmap_init kstackmap_get_stackid kstackmap_lookup kstackmap_delete"
 
-rustup target add "$target" >/dev/null 2>&1
-rustup component add llvm-tools >/dev/null 2>&1
+rustup target add "$target" >/dev/null
 host=$(rustc -vV | sed -n 's/^host: //p')
 bin=$(rustc --print sysroot)/lib/rustlib/$host/bin
-nm=$bin/llvm-nm
-objdump=$bin/llvm-objdump
 lld=$bin/rust-lld
+# llvm-tools match rustc's LLVM; binutils (same options) if they can't be
+# had, or if KMOD_CHECK_TOOLS=binutils asks for them.
+if [[ ${KMOD_CHECK_TOOLS:-} != binutils ]] && rustup component add llvm-tools >/dev/null 2>&1 &&
+    [[ -x $bin/llvm-nm && -x $bin/llvm-objdump ]]; then
+    nm=$bin/llvm-nm
+    objdump=$bin/llvm-objdump
+else
+    if ! command -v nm >/dev/null || ! command -v objdump >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq binutils >/dev/null
+    fi
+    nm=$(command -v nm)
+    objdump=$(command -v objdump)
+fi
 for tool in "$nm" "$objdump" "$lld"; do
     [[ -x $tool ]] || { echo "check.sh: $tool missing" >&2; exit 1; }
 done
@@ -78,7 +88,8 @@ if [[ -n $panics ]]; then
     "$objdump" -d -l --demangle --no-show-raw-insn "$elf" |
         awk -v re="$panic_re" '
             /^[0-9a-f]+ <.*>:$/ { fn = $0; next }
-            /^; / { src = $2; next }
+            /^; / { src = $2; next }                  # llvm-objdump -l
+            /^\/.*:[0-9]+/ { src = $1; next }        # GNU objdump -l
             /(call|jmp)/ && $0 ~ re && fn !~ re { gsub(/[ \t]+/, " "); print "   " fn " | " src " |" $0 }'
     status=1
 fi
