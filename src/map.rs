@@ -117,29 +117,35 @@ enum Cmp {
 }
 
 /// One slot's words: header then data.
+///
+/// # Invariants
+///
+/// `seq` is `words[SEQ]`: looked up once, in [`StackMapIn::elem`], so that
+/// reaching it needs no index check (and no panic path) afterwards.
 #[derive(Clone, Copy)]
-struct Elem<'m>(&'m [AtomicU32]);
+struct Elem<'m> {
+    words: &'m [AtomicU32],
+    seq: &'m AtomicU32,
+}
 
 impl<'m> Elem<'m> {
     fn word(&self, i: usize) -> u32 {
         // Relaxed: element words are read under the sequence number, whose
         // Acquire load and fence order these loads (see `observe`).
-        self.0.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
+        self.words.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
     }
     fn set(&self, i: usize, v: u32) {
         // Relaxed: only the slot's owner writes, between the odd store and
         // the Release store of the sequence number (see `write`).
-        if let Some(w) = self.0.get(i) {
+        if let Some(w) = self.words.get(i) {
             w.store(v, Ordering::Relaxed);
         }
     }
     fn seq(&self) -> &'m AtomicU32 {
-        // INVARIANT: an element has HDR_WORDS >= 1 words, so index 0 exists;
-        // `elem()` only builds Elems of the full element length.
-        &self.0[SEQ]
+        self.seq
     }
     fn data(&self) -> &'m [AtomicU32] {
-        self.0.get(HDR_WORDS..).unwrap_or(&[])
+        self.words.get(HDR_WORDS..).unwrap_or(&[])
     }
 
     /// Makes the sequence number odd: from here until `end_write` readers
@@ -296,9 +302,11 @@ impl<'a> StackMapIn<'a> {
 
     fn elem(&self, slot: u32) -> Option<Elem<'a>> {
         let start = (slot as usize).checked_mul(self.elem_words)?;
-        self.elems
-            .get(start..start.checked_add(self.elem_words)?)
-            .map(Elem)
+        let words = self.elems.get(start..start.checked_add(self.elem_words)?)?;
+        // INVARIANT: `seq` is `words[SEQ]`. Never `None`: an element has
+        // `HDR_WORDS` header words, so its slice is not empty.
+        let seq = words.get(SEQ)?;
+        Some(Elem { words, seq })
     }
 
     fn bucket(&self, id: u32) -> Option<&'a AtomicU32> {
