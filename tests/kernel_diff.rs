@@ -1,20 +1,34 @@
 //! Differential test against the running Linux kernel's stack trace map.
 //!
-//! Every case creates a real `BPF_MAP_TYPE_STACK_TRACE` map, attaches a
-//! probe (see `kernel/mod.rs`) and calls `getppid` from many distinct user
-//! call paths; the probe records the raw user chain (`bpf_get_stack`) and
-//! what `bpf_get_stackid` returned. Syscall-side operations (lookup,
-//! delete, lookup-and-delete, update, get-next-key) are interleaved. The
-//! recorded run is then replayed, in the same order, through the crate's
-//! map, and every result (id or errno, and value bytes) must be equal; at
-//! the end both maps are dumped and must be byte-identical.
+//! - `creation_grid_matches`: ~3.7k `BPF_MAP_CREATE` attribute sets (edge
+//!   and random sizes, every map flag bit alone and in pairs) against
+//!   `StackMap::with_config`, errno for errno.
+//! - `stack_replay`, `build_id_replay`: every case creates a real
+//!   `BPF_MAP_TYPE_STACK_TRACE` map (ips, or `BPF_F_STACK_BUILD_ID`),
+//!   attaches a probe (see `kernel/mod.rs`) and calls `getppid` from many
+//!   distinct user call paths; the probe records the raw user chain
+//!   (`bpf_get_stack`), what `bpf_get_stackid` returned for the flags under
+//!   test, and a second `bpf_get_stack` with flags and size under test.
+//!   Syscall-side operations (lookup, delete, lookup-and-delete, update,
+//!   get-next-key) are interleaved. The recorded run is then replayed, in
+//!   the same order, through `StackMap` (build ids through
+//!   `ProcMaps::for_pid(self)`) and `get_stack_max`; every result (id or
+//!   errno, value and buffer bytes) must be equal, and at the end both
+//!   maps are dumped and must be byte-identical.
+//!
+//! The paths run through Rust functions, machine-code stubs in mappings
+//! without a build id, and fake frames whose return addresses are odd ips
+//! (in no mapping, below a mapping, kernel addresses): see
+//! `kernel::call_path`. User stacks only: the kernel part differs between
+//! the probe's call sites. Everything is sequential, so the kernel's
+//! syscall-side swap-out quirk cannot show.
 //!
 //! Each case has a seed, printed on failure; `KDIFF_SEED=<seed> cargo test
 //! --test kernel_diff` runs that case alone (the same calls, paths, flags
-//! and syscall-side ops; the addresses, and so the ids, change with ASLR
-//! unless run under `setarch -R`). `KDIFF_CASES=<n>` runs more cases.
-//! Without CAP_BPF (or BPF) the suite prints `KERNEL DIFF SKIPPED: <why>`
-//! and passes.
+//! and syscall-side ops; the addresses, and so the ids of ips maps, change
+//! with ASLR unless run under `setarch -R`). `KDIFF_CASES=<n>` runs more
+//! cases. Without CAP_BPF (or BPF) the suite prints
+//! `KERNEL DIFF SKIPPED: <why>` and passes.
 #![cfg(target_os = "linux")]
 
 mod kernel;
@@ -1072,12 +1086,20 @@ fn build_id_replay() {
     if skipped() {
         return;
     }
+    let max_stack = kernel::sysctl_max_stack();
     let mut tally = Tally::default();
     let mut statuses = [0; 4];
-    // The replay through ProcMaps waits for ProcMaps (branch buildid) on main.
+    let mut failures = Vec::new();
     for seed in seeds(1001, 16) {
         let case = Case::new(seed, true);
         assert!(case.build_id);
+        let ours = ours::create(&case.attr, nr_cpus(), max_stack).unwrap_or_else(|e| {
+            panic!(
+                "seed {seed}: StackMap refused {:?}: {}",
+                case.attr,
+                errno_name(e)
+            )
+        });
         let kmap = Map::create(case.attr).unwrap_or_else(|e| {
             panic!(
                 "seed {seed}: kernel refused {:?}: {}",
@@ -1092,11 +1114,35 @@ fn build_id_replay() {
         for i in 0..4 {
             statuses[i] += s[i];
         }
-        tally.add(&ops, 0);
+        // The mappings the chains point into are the ones the kernel saw:
+        // the test binary and libc stay mapped where they were.
+        let procmaps =
+            kstackmap::ProcMaps::for_pid(std::process::id()).expect("ProcMaps::for_pid(self)");
+        let ours = Ours {
+            map: ours,
+            resolver: Some(&procmaps),
+            max_stack,
+        };
+        match replay(&case, &ops, &kdump, &ours) {
+            Ok(n) => tally.add(&ops, n),
+            Err(m) => failures.push(format!(
+                "{m}\n  replay: KDIFF_SEED={seed} cargo test --test kernel_diff build_id_replay"
+            )),
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of the build-id cases differ from the kernel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        statuses[1] > 0,
+        "no VALID build-id frame: the test binary and libc should both carry build ids"
+    );
     let line = format!(
-        "{} (frames empty/valid/ip/valid-below-mapping: {statuses:?})",
-        tally.summary("build-id maps, kernel side only")
+        "{} (stored frames empty/valid/ip/valid-below-mapping: {statuses:?})",
+        tally.summary("build-id maps")
     );
     loud(&line);
 }
