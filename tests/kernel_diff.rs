@@ -597,6 +597,7 @@ fn dump_subject(s: &dyn Subject, vs: usize) -> Dump {
 /// a description of the first mismatch.
 fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usize, String> {
     let vs = case.attr.value_size as usize;
+    let frame = if case.build_id { 32 } else { 8 };
     let mut compared = 0;
     for (i, op) in ops.iter().enumerate() {
         let (ok, ours, theirs) = match op {
@@ -618,21 +619,31 @@ fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usiz
             } => {
                 let mut v = vec![0xa5u8; gs.size];
                 let r = s.get_stack(chain, gs.flags, &mut v);
+                let frame = if gs.flags & BPF_F_USER_BUILD_ID != 0 {
+                    32
+                } else {
+                    8
+                };
                 (
                     r == *kernel && v == *buf,
-                    format!("{} buffer {}", show(&r), v.shown()),
+                    format!(
+                        "{} buffer {}{}",
+                        show(&r),
+                        v.shown(),
+                        where_differs(buf, &v, frame)
+                    ),
                     format!("{} buffer {}", show(kernel), buf.shown()),
                 )
             }
             Op::Lookup { id, kernel } => {
                 let mut v = vec![0u8; vs];
                 let r = s.lookup(*id, &mut v).map(|()| v);
-                (r == *kernel, show(&r), show(kernel))
+                (r == *kernel, show_value(&r, kernel, frame), show(kernel))
             }
             Op::LookupAndDelete { id, kernel } => {
                 let mut v = vec![0u8; vs];
                 let r = s.lookup_and_delete(*id, &mut v).map(|()| v);
-                (r == *kernel, show(&r), show(kernel))
+                (r == *kernel, show_value(&r, kernel, frame), show(kernel))
             }
             Op::Delete { id, kernel } => {
                 let r = s.delete(*id);
@@ -671,23 +682,53 @@ fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usiz
             odump.0.len(),
             errno_name(odump.1),
             odump.0.iter().map(|e| e.0).collect::<Vec<_>>(),
-            first_value_diff(kdump, &odump),
+            first_value_diff(kdump, &odump, frame),
         ));
     }
     Ok(compared + kdump.0.len() + 1)
 }
 
-fn first_value_diff(k: &Dump, o: &Dump) -> String {
+fn first_value_diff(k: &Dump, o: &Dump, frame: usize) -> String {
     for ((kid, kv), (oid, ov)) in k.0.iter().zip(&o.0) {
         if kid != oid || kv != ov {
             return format!(
                 "\n  first difference at id {kid}/{oid}: kernel {}\n  ours {}",
                 show(kv),
-                show(ov)
+                show_value(ov, kv, frame)
             );
         }
     }
     String::new()
+}
+
+/// `ours` rendered, with where it first differs from `kernel`'s bytes.
+fn show_value(
+    ours: &Result<Vec<u8>, Errno>,
+    kernel: &Result<Vec<u8>, Errno>,
+    frame: usize,
+) -> String {
+    match (ours, kernel) {
+        (Ok(o), Ok(k)) => format!("{}{}", show(ours), where_differs(k, o, frame)),
+        _ => show(ours),
+    }
+}
+
+/// Where two buffers first differ: the byte offset, the frame, and that
+/// frame's bytes on both sides.
+fn where_differs(kernel: &[u8], ours: &[u8], frame: usize) -> String {
+    let Some(at) = kernel.iter().zip(ours).position(|(a, b)| a != b) else {
+        return String::new();
+    };
+    let f = at / frame;
+    let bytes = |b: &[u8]| {
+        b.get(f * frame..(f + 1) * frame)
+            .map(|x| format!("{x:02x?}"))
+    };
+    format!(
+        "\n  first difference at byte {at} (frame {f}): kernel {} ours {}",
+        bytes(kernel).unwrap_or_default(),
+        bytes(ours).unwrap_or_default()
+    )
 }
 
 fn describe(op: &Op) -> String {
