@@ -288,6 +288,9 @@ impl Case {
 /// functions, now and then a stub in a mapping without a build id or a
 /// fake frame with an odd return address.
 fn path_byte(rng: &mut Rng) -> u8 {
+    if !kernel::HAS_STUBS {
+        return rng.range(0, 3) as u8;
+    }
     match rng.range(0, 40) {
         0..=3 => rng.range(3, 5) as u8,
         4 => 5 + rng.range(0, kernel::fake_ips().len() as u64) as u8,

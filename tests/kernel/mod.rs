@@ -572,6 +572,11 @@ fn step(path: &[u8]) {
     }
 }
 
+/// Whether paths may use bytes 3 and up (the machine-code stubs): x86-64
+/// only. Elsewhere those bytes fall back to plain functions, so two paths
+/// could give one chain.
+pub const HAS_STUBS: bool = cfg!(target_arch = "x86_64");
+
 /// x86-64 machine code of `stub(target, arg)`: sets up a frame-pointer
 /// frame and calls `target(arg)`:
 /// `push rbp; mov rbp, rsp; mov rax, rdi; mov rdi, rsi; call rax; pop rbp; ret`.
