@@ -1004,7 +1004,7 @@ fn creation_grid(seed: u64) -> Vec<CreateAttr> {
     // Found here (grid seed 401444, cases #3752/#3753): with
     // BPF_F_NUMA_NODE and numa_node = u32::MAX the kernel creates the map
     // (Ok) and StackMap::with_config said EINVAL (src/attr.rs only let
-    // node 0 through); fixed in the commit after the one adding this.
+    // node 0 through); fixed with NUMA_NO_NODE in src/attr.rs.
     for &node in &[0, 1, 2, 63, 1024, 0x7fff_ffff, u32::MAX - 1, u32::MAX] {
         for &f in &[0, BPF_F_NUMA_NODE, BPF_F_NUMA_NODE | BPF_F_STACK_BUILD_ID] {
             let mut a = pick_attr(&mut rng, f);
