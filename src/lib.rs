@@ -22,6 +22,7 @@ extern crate std;
 
 pub mod build_id;
 mod error;
+pub mod freelist;
 pub mod jhash;
 mod sync;
 pub mod uapi;

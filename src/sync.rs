@@ -54,6 +54,7 @@ pub const HEAD_INDEX_MAX: u32 = ((1u64 << HEAD_INDEX_BITS) - 2) as u32;
 /// Tell the CPU (or loom's scheduler) that this thread is spinning on a
 /// value another thread will change.
 #[inline]
+#[allow(dead_code)] // for the map's retry loops; the freelist never spins
 pub(crate) fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();
