@@ -7,6 +7,9 @@
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
 //!     cargo test -p loom-tests --release --test freelist -- --nocapture
 //! ```
+//!
+//! Add `--cfg kstackmap_head32` to `RUSTFLAGS` (and use another target dir)
+//! to check the 16-bit-index head that targets without 64-bit atomics use.
 #![cfg(loom)]
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
