@@ -38,9 +38,10 @@
 //!   written only by the thread that holds it (in `push`, before the CAS that
 //!   publishes it), never while it is on a stack.
 //! - The tag of a head only moves forward (mod 2^tag bits), by one on each
-//!   successful pop; see the ABA walk-through on [`pop_one`].
+//!   successful pop; see the ABA walk-through on `FreeList::pop_one` in
+//!   the source.
 //!
-//! Both hold as long as callers keep their side of the contract: push only
+//! They hold as long as callers keep their side of the contract: push only
 //! indices they hold (got from `pop`, or never handed to the list). Pushing
 //! an index twice is a caller bug that no cheap check can see; it breaks
 //! conservation (an index may then be popped twice) but is still defined
@@ -140,6 +141,9 @@ const EMPTY: u32 = INDEX_MASK as u32;
 static_assertions::const_assert_eq!(2 * HEAD_INDEX_BITS, HeadWord::BITS);
 static_assertions::const_assert!(MAX_ELEMS < EMPTY);
 static_assertions::const_assert!(HEAD_INDEX_BITS <= u32::BITS);
+static_assertions::assert_impl_all!(FreeList<'static>: Send, Sync, Copy);
+#[cfg(feature = "alloc")]
+static_assertions::assert_impl_all!(OwnedFreeList: Send, Sync);
 
 /// The index field of a head word.
 #[inline]
@@ -328,27 +332,28 @@ impl<'a> FreeList<'a> {
     ///
     /// Why the tag: without it, a pop that read `{A, next = B}` could
     /// succeed after others popped A and B and pushed A back, putting B
-    /// (now in someone's hands) back on top. Stacks are written top first,
-    /// as `[tag, index]` in the head and `->` for links:
+    /// (now in someone's hands) back on the stack. Stacks are written top
+    /// first, `[tag, index]` for the head and `->` for links:
     ///
     /// ```text
-    /// | T1                         | T2           | stack, no tag   | stack, tagged          |
-    /// |----------------------------|--------------|-----------------|------------------------|
-    /// |                            |              | A -> B -> C     | [0,A] A -> B -> C      |
-    /// | load head: A, next = B     |              | A -> B -> C     | [0,A] A -> B -> C      |
-    /// |                            | pop() = A    | B -> C          | [1,B] B -> C           |
-    /// |                            | pop() = B    | C               | [2,C] C                |
-    /// |                            | push(A)      | A -> C          | [2,A] A -> C           |
-    /// | CAS(head: A -> B)          |              | ok: B -> ?      | fails: [2,A] != [0,A]  |
-    /// | (T2 still holds B)         |              | B popped twice  | retry: load [2,A],     |
-    /// |                            |              | C lost          | next = C, CAS -> [3,C] |
+    /// | T1                     | T2        | stack, no tag      | stack, tagged            |
+    /// |------------------------|-----------|--------------------|--------------------------|
+    /// |                        |           | A -> B -> C        | [0,A] A -> B -> C        |
+    /// | load head: A, next = B |           | A -> B -> C        | [0,A] A -> B -> C        |
+    /// |                        | pop() = A | B -> C             | [1,B] B -> C             |
+    /// |                        | pop() = B | C                  | [2,C] C                  |
+    /// |                        | push(A)   | A -> C             | [2,A] A -> C             |
+    /// | CAS(head, A => B)      |           | ok: B -> C, T1: A  | fails: [2,A] != [0,A]    |
+    /// | (retry if it failed)   |           |                    | next = C, CAS => [3,C]   |
+    /// | result                 | holds B   | B held AND listed  | T1: A, T2: B, list: C    |
     /// ```
     ///
     /// Untagged, the CAS compares only `A == A` and succeeds: B, which T2
-    /// holds, is on the stack again (it will be handed out twice) and C is
-    /// lost. Tagged, T2's two pops moved the tag from 0 to 2, so T1's CAS
-    /// fails and T1 retries with the current head. The loom model
-    /// `pop_vs_pop_aba` checks exactly this.
+    /// holds, is on the stack again, so the next pop hands it out a second
+    /// time (loom finds this at once when the bump is removed: conservation
+    /// sees `[0, 1, 1, 2]`). Tagged, T2's two pops moved the tag from 0 to
+    /// 2, so T1's CAS fails and T1 retries with the current head. The loom
+    /// model `pop_vs_pop_aba` is this table.
     #[inline]
     fn pop_one(&self, head: &Head) -> Option<u32> {
         // Acquire: pairs with the Release CAS of the push that put this index
