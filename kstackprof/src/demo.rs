@@ -1,0 +1,61 @@
+//! The built-in workload: three hot functions with designed shares of CPU
+//! time (50 / 30 / 20 %).
+//!
+//! The shares are set by work, not by wall-clock time: each round calls the
+//! functions with 5, 3 and 2 units of the same arithmetic, so time stolen
+//! by other processes cannot skew them (cpu-clock samples only while the
+//! worker runs). Each function has its own constants so that the compiler
+//! cannot fold them into one symbol.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Iterations per unit of work (about a quarter of a millisecond).
+const UNIT: u64 = 200_000;
+
+/// The hot functions and their designed shares, as symbolized.
+pub const DESIGNED: [(&str, f64); 3] = [
+    ("kstackprof::demo::work_50pct", 50.0),
+    ("kstackprof::demo::work_30pct", 30.0),
+    ("kstackprof::demo::work_20pct", 20.0),
+];
+
+#[inline(always)]
+fn spin(units: u64, mul: u64, xor: u64) -> u64 {
+    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64);
+    for _ in 0..black_box(units * UNIT) {
+        x = x.wrapping_mul(mul).rotate_left(17) ^ xor;
+    }
+    x
+}
+
+/// Designed share: 50 %.
+#[inline(never)]
+pub fn work_50pct(units: u64) -> u64 {
+    spin(units, 0xff51_afd7_ed55_8ccd, 0x1111)
+}
+
+/// Designed share: 30 %.
+#[inline(never)]
+pub fn work_30pct(units: u64) -> u64 {
+    spin(units, 0xc4ce_b9fe_1a85_ec53, 0x2222)
+}
+
+/// Designed share: 20 %.
+#[inline(never)]
+pub fn work_20pct(units: u64) -> u64 {
+    spin(units, 0x94d0_49bb_1331_11eb, 0x3333)
+}
+
+/// Runs rounds of 5 + 3 + 2 units until `seconds` have passed.
+#[inline(never)]
+pub fn worker(seconds: f64) {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut acc = 0u64;
+    while Instant::now() < until {
+        acc ^= work_50pct(black_box(5));
+        acc ^= work_30pct(black_box(3));
+        acc ^= work_20pct(black_box(2));
+    }
+    black_box(acc);
+}
