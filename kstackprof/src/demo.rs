@@ -4,8 +4,8 @@
 //! The shares are set by work, not by wall-clock time: each round calls the
 //! functions with 5, 3 and 2 units of the same arithmetic, so time stolen
 //! by other processes cannot skew them (cpu-clock samples only while the
-//! worker runs). Each function has its own constants so that the compiler
-//! cannot fold them into one symbol.
+//! worker runs). Each function has its own seed so that the compiler cannot
+//! fold them into one symbol.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,11 +20,20 @@ pub const DESIGNED: [(&str, f64); 3] = [
     ("kstackprof::demo::work_20pct", 20.0),
 ];
 
+/// The unit of work: an xorshift chain. Written with plain operators and a
+/// `while` loop so that even an unoptimized (test) build makes no calls
+/// here: a frame-pointer walk sampled in a callee's prologue would skip the
+/// hot function and blur its share.
 #[inline(always)]
-fn spin(units: u64, mul: u64, xor: u64) -> u64 {
-    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64);
-    for _ in 0..black_box(units * UNIT) {
-        x = x.wrapping_mul(mul).rotate_left(17) ^ xor;
+fn spin(units: u64, seed: u64) -> u64 {
+    let n = black_box(units * UNIT);
+    let mut x = black_box(seed);
+    let mut i = 0u64;
+    while i < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        i += 1;
     }
     x
 }
@@ -32,19 +41,19 @@ fn spin(units: u64, mul: u64, xor: u64) -> u64 {
 /// Designed share: 50 %.
 #[inline(never)]
 pub fn work_50pct(units: u64) -> u64 {
-    spin(units, 0xff51_afd7_ed55_8ccd, 0x1111)
+    spin(units, 0xff51_afd7_ed55_8ccd)
 }
 
 /// Designed share: 30 %.
 #[inline(never)]
 pub fn work_30pct(units: u64) -> u64 {
-    spin(units, 0xc4ce_b9fe_1a85_ec53, 0x2222)
+    spin(units, 0xc4ce_b9fe_1a85_ec53)
 }
 
 /// Designed share: 20 %.
 #[inline(never)]
 pub fn work_20pct(units: u64) -> u64 {
-    spin(units, 0x94d0_49bb_1331_11eb, 0x3333)
+    spin(units, 0x94d0_49bb_1331_11eb)
 }
 
 /// Runs rounds of 5 + 3 + 2 units until `seconds` have passed.

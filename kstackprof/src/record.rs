@@ -196,14 +196,15 @@ fn open_error(err: std::io::Error, scope: Scope) -> anyhow::Error {
         Some(libc::EACCES) | Some(libc::EPERM) => {
             let level =
                 perf::paranoid_level().map_or_else(|| "unknown".to_string(), |l| l.to_string());
+            // Kernel callchains need <= 1; CPU-wide events (-p, system) <= 0.
             let need = match scope {
-                Scope::AllTasks => "-1 (or 0)",
-                Scope::ExecOf(_) => "1 or lower",
+                Scope::AllTasks => 0,
+                Scope::ExecOf(_) => 1,
             };
             anyhow!(
                 "permission denied opening perf events (kernel.perf_event_paranoid = {level}); \
-                 run as root, grant CAP_PERFMON (setcap cap_perfmon+ep), or set \
-                 sysctl kernel.perf_event_paranoid={need}"
+                 run as root, grant CAP_PERFMON (setcap cap_perfmon+ep), or run \
+                 `sysctl kernel.perf_event_paranoid={need}`"
             )
         }
         Some(libc::ESRCH) => anyhow!("no such process"),
