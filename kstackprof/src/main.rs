@@ -12,7 +12,6 @@ mod maps;
 mod output;
 mod perf;
 mod record;
-mod shim;
 mod stackmap;
 mod symbolize;
 
