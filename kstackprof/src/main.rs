@@ -7,6 +7,7 @@
 //! every stack is looked up once, symbolized (blazesym), and written as
 //! folded stacks, a flame graph (inferno) and a top-N table.
 
+mod buildid;
 mod demo;
 mod maps;
 mod output;
@@ -94,6 +95,9 @@ struct DemoArgs {
     /// How long the workload runs, in seconds.
     #[arg(short = 'd', long = "duration", default_value_t = 5.0)]
     duration: f64,
+    /// Store user frames as (build id, file offset) and symbolize offline.
+    #[arg(long)]
+    build_id: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -134,7 +138,7 @@ fn profile(opts: &Options, common: &Common, title: &str) -> Result<Vec<symbolize
     }
     let stop = stop_flag()?;
     let prof = record::record(opts, &stop)?;
-    let stacks = symbolize::resolve(&prof);
+    let (stacks, bid) = symbolize::resolve(&prof);
     output::write_all(&common.out, &stacks, title)?;
     let shares = output::Shares::of(&stacks);
     println!("{}", shares.table(common.top));
@@ -146,6 +150,12 @@ fn profile(opts: &Options, common: &Common, title: &str) -> Result<Vec<symbolize
         common.out.join("stacks.folded").display(),
         common.out.join("flamegraph.svg").display()
     );
+    if prof.build_id {
+        eprintln!(
+            "kstackprof: build-id frames stored: {} with (build id, offset), {} as plain ips",
+            bid.valid, bid.ip_only
+        );
+    }
     if prof.missed > 0 {
         eprintln!(
             "WARNING: {} stack traces could not be stored; consider a bigger map (-s/--stack-storage-size)",
@@ -171,12 +181,6 @@ fn profile(opts: &Options, common: &Common, title: &str) -> Result<Vec<symbolize
 
 fn run_record(a: RecordArgs) -> Result<()> {
     check_freq(a.freq)?;
-    if a.build_id {
-        bail!(
-            "--build-id is not available yet: it needs kstackmap::ProcMaps \
-             (build-id resolver), which has not landed"
-        );
-    }
     let target = match (a.pid, a.command.is_empty()) {
         (Some(pid), _) => Target::Pid(pid),
         (None, false) => Target::Command(a.command.clone()),
@@ -187,6 +191,7 @@ fn run_record(a: RecordArgs) -> Result<()> {
         freq: a.freq,
         duration: a.duration.map(duration).transpose()?,
         storage_size: a.common.storage_size,
+        build_id: a.build_id,
     };
     profile(&opts, &a.common, "kstackprof").map(|_| ())
 }
@@ -204,6 +209,7 @@ fn run_demo(a: DemoArgs) -> Result<()> {
         freq: a.freq,
         duration: None,
         storage_size: a.common.storage_size,
+        build_id: a.build_id,
     };
     let stacks = profile(&opts, &a.common, "kstackprof demo")?;
     let shares = output::Shares::of(&stacks);

@@ -49,6 +49,11 @@ impl MapsTable {
         self.by_pid.insert(pid, parse_proc_maps(&text));
     }
 
+    /// The mappings of `pid`, oldest first (empty when unknown).
+    pub fn mappings(&self, pid: u32) -> &[Mapping] {
+        self.by_pid.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
     /// A forked child starts with a copy of its parent's mappings.
     pub fn fork(&mut self, parent: u32, child: u32) {
         if let Some(maps) = self.by_pid.get(&parent).cloned() {

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kstackmap::uapi::{BPF_F_USER_STACK, PERF_MAX_STACK_DEPTH};
-use kstackmap::Error as MapError;
+use kstackmap::uapi::{BPF_F_STACK_BUILD_ID, BPF_F_USER_STACK, PERF_MAX_STACK_DEPTH};
+use kstackmap::{Error as MapError, StackBuildId};
 
+use crate::buildid::{BuildIds, Resolver};
 use crate::maps::{Mapping, MapsTable};
 use crate::perf::{self, Record, Ring, Scope};
 use crate::stackmap::{Config, MapAttr, StackMap};
@@ -40,6 +41,8 @@ pub struct Options {
     pub freq: u64,
     pub duration: Option<Duration>,
     pub storage_size: u32,
+    /// Store user frames as `StackBuildId`s (a `BPF_F_STACK_BUILD_ID` map).
+    pub build_id: bool,
 }
 
 /// One part of a sample's stack.
@@ -73,6 +76,10 @@ pub struct Profile {
     pub missed: u64,
     pub stacks: usize,
     pub maps: MapsTable,
+    /// Whether `user_map` holds `StackBuildId` frames.
+    pub build_id: bool,
+    /// Build ids of the files seen, and back to the files.
+    pub build_ids: BuildIds,
     pub elapsed: Duration,
     /// How the child ended (command mode).
     pub child_status: Option<i32>,
@@ -88,6 +95,9 @@ struct State {
     ids: HashSet<(bool, u32)>,
     comms: HashMap<u32, Arc<str>>,
     maps: MapsTable,
+    build_id: bool,
+    build_ids: BuildIds,
+    resolvers: HashMap<u32, Resolver>,
     filter: Option<u32>,
     samples: u64,
     lost: u64,
@@ -95,13 +105,23 @@ struct State {
 }
 
 impl State {
-    fn part(&mut self, user: bool, cpu: usize, chain: &[u64]) -> Part {
-        let (map, flags) = if user {
-            (&self.user_map, BPF_F_USER_STACK)
+    fn part(&mut self, user: bool, pid: u32, cpu: usize, chain: &[u64]) -> Part {
+        let res = if !user {
+            self.kernel_map.get_stackid_pe(cpu, chain, 0)
+        } else if self.build_id {
+            // The resolver follows the process's mapping snapshot.
+            self.maps.ensure(pid);
+            let maps = self.maps.mappings(pid);
+            let r = self.resolvers.entry(pid).or_default();
+            if r.built_from != maps.len() {
+                *r = Resolver::new(maps, &mut self.build_ids);
+            }
+            self.user_map
+                .get_stackid_pe_resolved(cpu, chain, BPF_F_USER_STACK, &*r)
         } else {
-            (&self.kernel_map, 0)
+            self.user_map.get_stackid_pe(cpu, chain, BPF_F_USER_STACK)
         };
-        match map.get_stackid_pe(cpu, chain, flags) {
+        match res {
             Ok(id) => {
                 self.ids.insert((user, id));
                 Part::Id(id)
@@ -141,8 +161,8 @@ impl State {
                     return;
                 }
                 self.samples += 1;
-                let kernel = self.part(false, cpu, callchain);
-                let user = self.part(true, cpu, callchain);
+                let kernel = self.part(false, pid, cpu, callchain);
+                let user = self.part(true, pid, cpu, callchain);
                 if matches!(user, Part::Id(_)) {
                     self.maps.ensure(pid);
                 }
@@ -399,12 +419,20 @@ impl Drop for Child {
     }
 }
 
-fn new_map(entries: u32, nr_cpus: usize) -> Result<StackMap> {
+fn new_map(entries: u32, nr_cpus: usize, build_id: bool) -> Result<StackMap> {
+    let (frame, map_flags) = if build_id {
+        (
+            std::mem::size_of::<StackBuildId>() as u32,
+            BPF_F_STACK_BUILD_ID,
+        )
+    } else {
+        (8, 0)
+    };
     let attr = MapAttr {
         max_entries: entries,
         key_size: 4,
-        value_size: STACK_WORDS * 8,
-        map_flags: 0,
+        value_size: STACK_WORDS * frame,
+        map_flags,
         numa_node: 0,
     };
     let cfg = Config {
@@ -438,12 +466,15 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
     // On error the child (if any) exits when dropped.
     let mut rings = open_rings(scope, opts.freq)?;
     let mut state = State {
-        kernel_map: new_map(opts.storage_size, nr_cpus)?,
-        user_map: new_map(opts.storage_size, nr_cpus)?,
+        kernel_map: new_map(opts.storage_size, nr_cpus, false)?,
+        user_map: new_map(opts.storage_size, nr_cpus, opts.build_id)?,
         counts: HashMap::new(),
         ids: HashSet::new(),
         comms: HashMap::new(),
         maps: MapsTable::default(),
+        build_id: opts.build_id,
+        build_ids: BuildIds::default(),
+        resolvers: HashMap::new(),
         filter,
         samples: 0,
         lost: 0,
@@ -523,6 +554,8 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         lost: state.lost,
         missed: state.missed,
         maps: state.maps,
+        build_id: state.build_id,
+        build_ids: state.build_ids,
         elapsed,
         child_status,
     })

@@ -12,6 +12,10 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
+use kstackmap::{BuildId, BuildIdStatus, StackBuildId};
+use zerocopy::FromBytes;
+
+use crate::maps::Located;
 use crate::record::{Part, Profile, STACK_WORDS};
 use crate::stackmap::StackMap;
 
@@ -42,6 +46,79 @@ fn read_stack(map: &StackMap, id: u32) -> Option<Vec<u64>> {
     )
 }
 
+/// How the distinct stored user frames of a build-id map came out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildIdStats {
+    /// Status VALID: a build id and a file offset.
+    pub valid: u64,
+    /// Status IP: no file with a build id behind the address.
+    pub ip_only: u64,
+}
+
+/// A user frame, located in a file (or not).
+enum UFrame {
+    At(Located),
+    /// A build id none of the files seen has.
+    UnknownBuildId(BuildId),
+    Nowhere,
+}
+
+/// A stored user stack as frames, innermost first, markers removed. Ips
+/// maps are located through the process's mapping snapshot; build-id maps
+/// carry `(build id, file offset)` and only need the file with that id.
+fn user_frames(
+    profile: &Profile,
+    pid: u32,
+    id: u32,
+    stats: &mut BuildIdStats,
+) -> Option<Vec<UFrame>> {
+    let locate = |d: usize, ip: u64| {
+        profile
+            .maps
+            .locate(pid, lookup_addr(d, ip))
+            .map_or(UFrame::Nowhere, UFrame::At)
+    };
+    if !profile.build_id {
+        let ips = read_stack(&profile.user_map, id)?;
+        return Some(
+            ips.iter()
+                .enumerate()
+                .map(|(d, &ip)| locate(d, ip))
+                .collect(),
+        );
+    }
+    let mut words = vec![0u64; STACK_WORDS as usize * std::mem::size_of::<StackBuildId>() / 8];
+    let bytes = crate::perf::as_bytes_mut(&mut words);
+    profile.user_map.lookup(id, bytes).ok()?;
+    let frames = <[StackBuildId]>::ref_from_bytes(bytes).ok()?;
+    let frames = frames
+        .iter()
+        .take_while(|f| f.status() != Ok(BuildIdStatus::Empty))
+        .filter(|f| !f.ip().is_some_and(is_marker));
+    Some(
+        frames
+            .enumerate()
+            .map(|(d, f)| match (f.offset(), f.ip()) {
+                (Some(off), _) => {
+                    stats.valid += 1;
+                    match profile.build_ids.path_of(&f.build_id) {
+                        Some(path) => UFrame::At(Located {
+                            path,
+                            file_offset: lookup_addr(d, off),
+                        }),
+                        None => UFrame::UnknownBuildId(f.build_id),
+                    }
+                }
+                (None, Some(ip)) => {
+                    stats.ip_only += 1;
+                    locate(d, ip)
+                }
+                (None, None) => UFrame::Nowhere,
+            })
+            .collect(),
+    )
+}
+
 /// Return addresses point after the call; look up `ip - 1` for every frame
 /// but the innermost, so a call at a function's very end stays in it.
 fn lookup_addr(depth: usize, ip: u64) -> u64 {
@@ -64,14 +141,15 @@ fn name_of(s: &Symbolized<'_>) -> Option<String> {
 }
 
 /// Symbolizes everything in `profile`.
-pub fn resolve(profile: &Profile) -> Vec<Stack> {
+pub fn resolve(profile: &Profile) -> (Vec<Stack>, BuildIdStats) {
+    let mut stats = BuildIdStats::default();
     let symbolizer = Symbolizer::builder()
         .enable_code_info(false)
         .enable_inlined_fns(false)
         .build();
 
     let mut kstacks: HashMap<u32, Vec<u64>> = HashMap::new();
-    let mut ustacks: HashMap<(u32, u32), Vec<u64>> = HashMap::new();
+    let mut ustacks: HashMap<(u32, u32), Vec<UFrame>> = HashMap::new();
     for key in profile.counts.keys() {
         if let Part::Id(id) = key.kernel {
             if let std::collections::hash_map::Entry::Vacant(e) = kstacks.entry(id) {
@@ -82,7 +160,7 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
         }
         if let Part::Id(id) = key.user {
             if let std::collections::hash_map::Entry::Vacant(e) = ustacks.entry((key.pid, id)) {
-                if let Some(s) = read_stack(&profile.user_map, id) {
+                if let Some(s) = user_frames(profile, key.pid, id, &mut stats) {
                     e.insert(s);
                 }
             }
@@ -114,10 +192,13 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
 
     // User: per file, one batch over the distinct file offsets.
     let mut by_file: BTreeMap<Arc<Path>, Vec<u64>> = BTreeMap::new();
-    for (&(pid, _), s) in &ustacks {
-        for (d, &ip) in s.iter().enumerate() {
-            if let Some(loc) = profile.maps.locate(pid, lookup_addr(d, ip)) {
-                by_file.entry(loc.path).or_default().push(loc.file_offset);
+    for s in ustacks.values() {
+        for f in s {
+            if let UFrame::At(loc) = f {
+                by_file
+                    .entry(loc.path.clone())
+                    .or_default()
+                    .push(loc.file_offset);
             }
         }
     }
@@ -138,9 +219,9 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
             }
         }
     }
-    let user_frame = |pid: u32, d: usize, ip: u64| -> String {
-        match profile.maps.locate(pid, lookup_addr(d, ip)) {
-            Some(loc) => match unames.get(&(loc.path.clone(), loc.file_offset)) {
+    let user_frame = |f: &UFrame| -> String {
+        match f {
+            UFrame::At(loc) => match unames.get(&(loc.path.clone(), loc.file_offset)) {
                 Some(n) => n.clone(),
                 None if loc.path.to_str().is_some_and(|p| p.starts_with('[')) => {
                     loc.path.display().to_string()
@@ -154,7 +235,11 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
                     )
                 ),
             },
-            None => "[unknown]".to_string(),
+            UFrame::UnknownBuildId(id) => {
+                let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("[build-id {hex}]")
+            }
+            UFrame::Nowhere => "[unknown]".to_string(),
         }
     };
 
@@ -164,12 +249,7 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
         match key.user {
             Part::Id(id) => {
                 if let Some(s) = ustacks.get(&(key.pid, id)) {
-                    frames.extend(
-                        s.iter()
-                            .enumerate()
-                            .rev()
-                            .map(|(d, &ip)| user_frame(key.pid, d, ip)),
-                    );
+                    frames.extend(s.iter().rev().map(user_frame));
                 }
             }
             Part::Missed => frames.push("[Missed User Stack]".into()),
@@ -191,7 +271,7 @@ pub fn resolve(profile: &Profile) -> Vec<Stack> {
         }
         out.push(Stack { frames, count });
     }
-    out
+    (out, stats)
 }
 
 #[cfg(test)]

@@ -84,10 +84,11 @@ fn top(shares: &HashMap<String, f64>, min_pct: f64) -> Vec<(String, f64)> {
     v
 }
 
-#[test]
-fn demo_hot_functions_have_their_designed_shares() {
-    let dir = tmpdir("demo");
-    let out = run(&["demo", "-d", "2", "-F", "1999", "-o", dir.to_str().unwrap()]);
+fn check_demo(name: &str, extra: &[&str]) -> Output {
+    let dir = tmpdir(name);
+    let mut args = vec!["demo", "-d", "2", "-F", "1999", "-o", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     assert!(out.status.success(), "demo failed");
     let folded = read_folded(&dir);
     let samples: u64 = folded.iter().map(|(_, n)| n).sum();
@@ -111,6 +112,31 @@ fn demo_hot_functions_have_their_designed_shares() {
     let svg = std::fs::read_to_string(dir.join("flamegraph.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("work_50pct"));
     let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn demo_hot_functions_have_their_designed_shares() {
+    check_demo("demo", &[]);
+}
+
+/// The same through a `BPF_F_STACK_BUILD_ID` map: user frames stored as
+/// (build id, file offset) and symbolized offline.
+#[test]
+fn build_id_demo_symbolizes_offline() {
+    let out = check_demo("demo-build-id", &["--build-id"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("build-id frames stored:"))
+        .expect("build-id summary line");
+    let valid: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "stored:")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(valid > 0, "no VALID build-id frames: {line}");
 }
 
 /// A Perl loop (perl exports its interpreter symbols, so both profilers
