@@ -382,6 +382,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_lost_and_comm() {
+        let mut w = [0u64; 4];
+        w[0] = u64::from(b::PERF_RECORD_LOST) | (32u64 << 48);
+        w[1] = 7; // id
+        w[2] = 42; // lost
+        match parse(&as_bytes_mut(&mut w)[..24]) {
+            Record::Lost { lost } => assert_eq!(lost, 42),
+            other => panic!("{other:?}"),
+        }
+        let mut w = [0u64; 4];
+        w[0] = u64::from(b::PERF_RECORD_COMM) | (32u64 << 48);
+        w[1] = 5 | (6 << 32); // pid, tid
+        as_bytes_mut(&mut w)[16..21].copy_from_slice(b"perl\0");
+        match parse(as_bytes_mut(&mut w)) {
+            Record::Comm { tid, comm } => assert_eq!((tid, comm), (6, &b"perl"[..])),
+            other => panic!("{other:?}"),
+        }
+        // A truncated record is skipped, not a panic.
+        assert!(matches!(parse(&[9, 0, 0, 0]), Record::Other));
+    }
+
+    #[test]
     fn parses_a_sample() {
         let mut rec = Vec::new();
         rec.extend_from_slice(&b::PERF_RECORD_SAMPLE.to_ne_bytes());
