@@ -2,51 +2,38 @@
 //! (`StackBuildId`, a map created with `BPF_F_STACK_BUILD_ID`) and
 //! symbolized offline by finding the file with that build id.
 //!
-//! The resolver the map asks while recording is built from the process's
-//! mapping snapshot (see `maps`), so it also serves processes that exit
-//! before their samples are read. It reports only mappings that contain
-//! the ip (the kernel's `find_vma` may return the next one up; for a
-//! profiler a frame outside any file is better left as status IP).
+//! The map asks a `kstackmap::ProcMaps` per process while recording:
+//! `ProcMaps::for_pid` while the process lives (exactly the kernel's
+//! `find_vma` over every mapping, build ids read through
+//! `/proc/PID/map_files`), or, once it has exited, `ProcMaps::parse` over
+//! the mapping snapshot kept from `/proc` and `PERF_RECORD_MMAP2`. A
+//! process's resolver is rebuilt when new mappings show up (at most every
+//! 200 ms).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use kstackmap::{BuildId, Vma, VmaResolver};
+use kstackmap::{BuildId, ProcMaps};
 
-use crate::maps::Mapping;
+use crate::maps::MapsTable;
 
-/// Build ids of the files seen, read once per path; and the way back.
+/// Files by build id, from every `ProcMaps` built while recording.
 #[derive(Default, Debug)]
 pub struct BuildIds {
-    by_path: HashMap<Arc<Path>, Option<BuildId>>,
     by_id: HashMap<BuildId, Arc<Path>>,
 }
 
 impl BuildIds {
-    /// The build id of `path` (zero-padded as the kernel stores it).
-    pub fn of(&mut self, path: &Arc<Path>) -> Option<BuildId> {
-        if let Some(id) = self.by_path.get(path) {
-            return *id;
+    fn learn(&mut self, maps: &ProcMaps) {
+        for (i, m) in maps.mappings().iter().enumerate() {
+            if let (Some(note), Some(path)) = (maps.build_id(i), m.file_path()) {
+                self.by_id
+                    .entry(note.padded())
+                    .or_insert_with(|| Arc::from(Path::new(path)));
+            }
         }
-        let id = if path.is_absolute() {
-            blazesym::helper::read_elf_build_id(&**path)
-                .ok()
-                .flatten()
-                .map(|raw| {
-                    let mut id = BuildId::default();
-                    let n = raw.len().min(id.len());
-                    id[..n].copy_from_slice(&raw[..n]);
-                    id
-                })
-        } else {
-            None
-        };
-        self.by_path.insert(path.clone(), id);
-        if let Some(id) = id {
-            self.by_id.entry(id).or_insert_with(|| path.clone());
-        }
-        id
     }
 
     /// A file with this build id, among those seen.
@@ -55,66 +42,86 @@ impl BuildIds {
     }
 }
 
-/// One process's mappings with their build ids, as the map's resolver.
-#[derive(Default, Debug)]
-pub struct Resolver {
-    /// Newest last, like `MapsTable`; `built_from` is how many there were.
-    vmas: Vec<Vma>,
-    pub built_from: usize,
+struct Entry {
+    maps: ProcMaps,
+    /// How many snapshot mappings the process had when this was built.
+    built_from: usize,
+    at: Instant,
 }
 
-impl Resolver {
-    /// Builds the resolver for `maps` (a process's snapshot).
-    pub fn new(maps: &[Mapping], ids: &mut BuildIds) -> Resolver {
-        Resolver {
-            vmas: maps
-                .iter()
-                .map(|m| Vma {
-                    start: m.start,
-                    end: m.end,
-                    file_offset: m.pgoff,
-                    build_id: ids.of(&m.path),
-                })
-                .collect(),
-            built_from: maps.len(),
+/// One `ProcMaps` per process, kept fresh.
+#[derive(Default)]
+pub struct Resolvers {
+    by_pid: HashMap<u32, Entry>,
+    pub ids: BuildIds,
+}
+
+const REFRESH: Duration = Duration::from_millis(200);
+
+impl Resolvers {
+    /// The resolver for `pid` (whose snapshot `table` already holds).
+    pub fn get(&mut self, pid: u32, table: &MapsTable) -> &ProcMaps {
+        let n = table.mappings(pid).len();
+        let stale = self
+            .by_pid
+            .get(&pid)
+            .is_none_or(|e| e.built_from != n && e.at.elapsed() >= REFRESH);
+        if stale {
+            let maps = ProcMaps::for_pid(pid)
+                .or_else(|_| ProcMaps::parse(&table.to_text(pid)))
+                .unwrap_or_default();
+            self.ids.learn(&maps);
+            self.by_pid.insert(
+                pid,
+                Entry {
+                    maps,
+                    built_from: n,
+                    at: Instant::now(),
+                },
+            );
         }
-    }
-}
-
-impl VmaResolver for Resolver {
-    fn find_vma(&self, ip: u64) -> Option<Vma> {
-        self.vmas
-            .iter()
-            .rev()
-            .find(|v| v.start <= ip && ip < v.end)
-            .copied()
+        match self.by_pid.get(&pid) {
+            Some(e) => &e.maps,
+            None => unreachable!("inserted above"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kstackmap::VmaResolver;
 
     #[test]
-    fn own_executable_has_a_build_id_and_resolves() {
-        let exe: Arc<Path> = Arc::from(std::env::current_exe().unwrap().as_path());
-        let mut ids = BuildIds::default();
-        let id = ids.of(&exe);
-        // Rust binaries get a build id from the linker on Linux.
-        let Some(id) = id else {
-            println!("SKIPPED: {} has no build id", exe.display());
+    fn own_process_resolves_with_a_build_id() {
+        let mut table = MapsTable::default();
+        let me = std::process::id();
+        table.ensure(me);
+        let mut r = Resolvers::default();
+        let ip = own_process_resolves_with_a_build_id as *const () as u64;
+        let vma = r.get(me, &table).find_vma(ip).expect("this code is mapped");
+        assert!(vma.start <= ip && ip < vma.end);
+        let Some(id) = vma.build_id else {
+            println!("SKIPPED: the test binary has no build id");
             return;
         };
-        assert_eq!(ids.path_of(&id).as_deref(), Some(&*exe));
-        let m = Mapping {
-            start: 0x1000,
-            end: 0x2000,
-            pgoff: 0x3000,
-            path: exe.clone(),
-        };
-        let r = Resolver::new(&[m], &mut ids);
-        let v = r.find_vma(0x1800).unwrap();
-        assert_eq!((v.file_offset, v.build_id), (0x3000, Some(id)));
-        assert!(r.find_vma(0x2000).is_none());
+        let exe = std::fs::canonicalize("/proc/self/exe").unwrap();
+        assert_eq!(r.ids.path_of(&id).as_deref(), Some(exe.as_path()));
+    }
+
+    #[test]
+    fn exited_process_falls_back_to_the_snapshot() {
+        let mut table = MapsTable::default();
+        let me = std::process::id();
+        table.ensure(me);
+        // Pretend a process that is gone had our mappings.
+        let gone = u32::MAX - 1;
+        for m in table.mappings(me).to_vec() {
+            table.add(gone, m);
+        }
+        let mut r = Resolvers::default();
+        let ip = exited_process_falls_back_to_the_snapshot as *const () as u64;
+        let vma = r.get(gone, &table).find_vma(ip).expect("from the snapshot");
+        assert!(vma.start <= ip && ip < vma.end);
     }
 }

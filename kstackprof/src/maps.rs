@@ -54,6 +54,23 @@ impl MapsTable {
         self.by_pid.get(&pid).map_or(&[], Vec::as_slice)
     }
 
+    /// The snapshot of `pid` as `/proc/PID/maps` text (executable
+    /// mappings only; device and inode unknown, so written as 0).
+    pub fn to_text(&self, pid: u32) -> String {
+        self.mappings(pid)
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:08x}-{:08x} r-xp {:08x} 00:00 0 {}\n",
+                    m.start,
+                    m.end,
+                    m.pgoff,
+                    m.path.display()
+                )
+            })
+            .collect()
+    }
+
     /// A forked child starts with a copy of its parent's mappings.
     pub fn fork(&mut self, parent: u32, child: u32) {
         if let Some(maps) = self.by_pid.get(&parent).cloned() {
@@ -124,6 +141,9 @@ mod tests {
             Path::new("[vdso]")
         );
         assert_eq!(t.locate(1, 0x1), None);
+        assert!(t
+            .to_text(1)
+            .starts_with("55d0c0a20000-55d0c0b00000 r-xp 00020000 00:00 0 /usr/bin/perl\n"));
         t.fork(1, 2);
         assert!(t.locate(2, 0x55d0c0a20010).is_some());
     }

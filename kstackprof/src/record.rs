@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use kstackmap::uapi::{BPF_F_STACK_BUILD_ID, BPF_F_USER_STACK, PERF_MAX_STACK_DEPTH};
 use kstackmap::{Error as MapError, StackBuildId};
 
-use crate::buildid::{BuildIds, Resolver};
+use crate::buildid::{BuildIds, Resolvers};
 use crate::maps::{Mapping, MapsTable};
 use crate::perf::{self, Record, Ring, Scope};
 use crate::stackmap::{Config, MapAttr, StackMap};
@@ -96,8 +96,7 @@ struct State {
     comms: HashMap<u32, Arc<str>>,
     maps: MapsTable,
     build_id: bool,
-    build_ids: BuildIds,
-    resolvers: HashMap<u32, Resolver>,
+    resolvers: Resolvers,
     filter: Option<u32>,
     samples: u64,
     lost: u64,
@@ -109,15 +108,10 @@ impl State {
         let res = if !user {
             self.kernel_map.get_stackid_pe(cpu, chain, 0)
         } else if self.build_id {
-            // The resolver follows the process's mapping snapshot.
             self.maps.ensure(pid);
-            let maps = self.maps.mappings(pid);
-            let r = self.resolvers.entry(pid).or_default();
-            if r.built_from != maps.len() {
-                *r = Resolver::new(maps, &mut self.build_ids);
-            }
+            let r = self.resolvers.get(pid, &self.maps);
             self.user_map
-                .get_stackid_pe_resolved(cpu, chain, BPF_F_USER_STACK, &*r)
+                .get_stackid_pe_resolved(cpu, chain, BPF_F_USER_STACK, r)
         } else {
             self.user_map.get_stackid_pe(cpu, chain, BPF_F_USER_STACK)
         };
@@ -473,8 +467,7 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         comms: HashMap::new(),
         maps: MapsTable::default(),
         build_id: opts.build_id,
-        build_ids: BuildIds::default(),
-        resolvers: HashMap::new(),
+        resolvers: Resolvers::default(),
         filter,
         samples: 0,
         lost: 0,
@@ -555,7 +548,7 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         missed: state.missed,
         maps: state.maps,
         build_id: state.build_id,
-        build_ids: state.build_ids,
+        build_ids: state.resolvers.ids,
         elapsed,
         child_status,
     })

@@ -12,8 +12,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
-use kstackmap::{BuildId, BuildIdStatus, StackBuildId};
-use zerocopy::FromBytes;
+use kstackmap::{BuildId, StackBuildId};
 
 use crate::maps::Located;
 use crate::record::{Part, Profile, STACK_WORDS};
@@ -35,15 +34,9 @@ pub struct Stack {
 
 /// Reads a stored stack: the non-zero words, markers removed, innermost first.
 fn read_stack(map: &StackMap, id: u32) -> Option<Vec<u64>> {
-    let mut buf = vec![0u8; STACK_WORDS as usize * 8];
-    map.lookup(id, &mut buf).ok()?;
-    Some(
-        buf.chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-            .take_while(|&w| w != 0)
-            .filter(|&w| !is_marker(w))
-            .collect(),
-    )
+    let mut buf = vec![0u64; STACK_WORDS as usize];
+    let ips = map.lookup_ips(id, &mut buf).ok()?;
+    Some(ips.iter().copied().filter(|&w| !is_marker(w)).collect())
 }
 
 /// How the distinct stored user frames of a build-id map came out.
@@ -87,14 +80,9 @@ fn user_frames(
                 .collect(),
         );
     }
-    let mut words = vec![0u64; STACK_WORDS as usize * std::mem::size_of::<StackBuildId>() / 8];
-    let bytes = crate::perf::as_bytes_mut(&mut words);
-    profile.user_map.lookup(id, bytes).ok()?;
-    let frames = <[StackBuildId]>::ref_from_bytes(bytes).ok()?;
-    let frames = frames
-        .iter()
-        .take_while(|f| f.status() != Ok(BuildIdStatus::Empty))
-        .filter(|f| !f.ip().is_some_and(is_marker));
+    let mut buf = vec![StackBuildId::default(); STACK_WORDS as usize];
+    let frames = profile.user_map.lookup_build_ids(id, &mut buf).ok()?;
+    let frames = frames.iter().filter(|f| !f.ip().is_some_and(is_marker));
     Some(
         frames
             .enumerate()
