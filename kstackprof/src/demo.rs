@@ -56,12 +56,27 @@ pub fn work_20pct(units: u64) -> u64 {
     spin(units, 0x94d0_49bb_1331_11eb)
 }
 
-/// Runs rounds of 5 + 3 + 2 units until `seconds` have passed.
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs rounds of 5 + 3 + 2 units until the worker has had `seconds` of
+/// CPU time (so a busy machine gives as many samples, only later), or
+/// five times that in wall-clock time.
 #[inline(never)]
 pub fn worker(seconds: f64) {
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let budget = Duration::from_secs_f64(seconds);
+    let start = thread_cpu_time();
+    let give_up = Instant::now() + budget * 5;
     let mut acc = 0u64;
-    while Instant::now() < until {
+    while thread_cpu_time() - start < budget && Instant::now() < give_up {
         acc ^= work_50pct(black_box(5));
         acc ^= work_30pct(black_box(3));
         acc ^= work_20pct(black_box(2));

@@ -92,7 +92,7 @@ struct DemoArgs {
     /// Sampling frequency in Hz.
     #[arg(short = 'F', long = "frequency", default_value_t = 999)]
     freq: u64,
-    /// How long the workload runs, in seconds.
+    /// How much CPU time the workload runs for, in seconds.
     #[arg(short = 'd', long = "duration", default_value_t = 5.0)]
     duration: f64,
     /// Store user frames as (build id, file offset) and symbolize offline.
