@@ -15,7 +15,7 @@ use crate::symbolize::Stack;
 pub fn prepare_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)
         .map_err(|e| anyhow!("output directory {} is not writable: {e}", dir.display()))?;
-    let probe = dir.join(".kstackprof-write-test");
+    let probe = dir.join(format!(".kstackprof-write-test-{}", std::process::id()));
     fs::write(&probe, b"")
         .map_err(|e| anyhow!("output directory {} is not writable: {e}", dir.display()))?;
     let _ = fs::remove_file(probe);
