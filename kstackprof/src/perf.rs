@@ -182,10 +182,12 @@ impl Ring {
     pub fn drain(&mut self, mut f: impl FnMut(Record<'_>)) {
         let head_off = std::mem::offset_of!(b::perf_event_mmap_page, data_head);
         let tail_off = std::mem::offset_of!(b::perf_event_mmap_page, data_tail);
+        // Relaxed: ordered by the Acquire fence right after it.
         let head = self.cursor(head_off).load(Ordering::Relaxed);
         // Pairs with the kernel's smp_wmb() between writing records and
         // publishing data_head: the record bytes below are visible.
         fence(Ordering::Acquire);
+        // Relaxed: data_tail is written only by us.
         let mut tail = self.cursor(tail_off).load(Ordering::Relaxed);
         let mut scratch = std::mem::take(&mut self.scratch);
         while tail < head {
