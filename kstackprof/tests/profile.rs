@@ -296,3 +296,49 @@ fn unsafe_is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// `-p PID`: CPU-wide events filtered by pid, user frames symbolized from
+/// the running process's `/proc/PID/maps`.
+#[test]
+fn attach_to_a_running_process() {
+    let Ok(mut child) = Command::new("perl")
+        .args(["-e", "my $s = 0; while (1) { $s += ($s * 3) % 7 }"])
+        .spawn()
+    else {
+        println!("SKIPPED: perl is not installed; nothing to attach to");
+        return;
+    };
+    let dir = tmpdir("attach");
+    let pid = child.id().to_string();
+    let out = run(&[
+        "record",
+        "-p",
+        &pid,
+        "-d",
+        "1",
+        "-F",
+        "499",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success());
+    let folded = read_folded(&dir);
+    assert!(!folded.is_empty(), "no samples of pid {pid}");
+    assert!(
+        folded.iter().all(|(f, _)| f[0] == "perl"),
+        "only the target's samples"
+    );
+    let (shares, n) = self_shares(folded.iter().map(|(f, n)| (f.last().unwrap().clone(), *n)));
+    let perl: f64 = shares
+        .iter()
+        .filter(|(k, _)| k.starts_with("Perl_"))
+        .map(|(_, p)| p)
+        .sum();
+    assert!(
+        perl > 50.0,
+        "perl's own functions should dominate ({n} samples): {shares:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
