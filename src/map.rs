@@ -77,7 +77,7 @@ const NR: usize = 2;
 ///
 /// # Invariants
 ///
-/// `region` was initialised for `geo` by [`Region::init`] and stays valid
+/// `region` was initialised for `geo` by `Region::init` and stays valid
 /// and unaliased for `'a` (or until `Drop`, when `owned` is set).
 pub struct StackMapIn<'a> {
     geo: Geometry,
