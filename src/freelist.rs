@@ -189,7 +189,7 @@ pub fn new_link() -> AtomicU32 {
 /// - `links.len() <= MAX_ELEMS`, so every valid index is below `EMPTY`.
 /// - Every head's index field is `EMPTY` or an index below `links.len()`,
 ///   and so is every link reachable from a head (as long as every view over
-///   the same heads uses the same links, which [`OwnedFreeList`] ensures).
+///   the same heads uses the same links, which `OwnedFreeList` ensures).
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList<'a> {
     /// One stack head per CPU.

@@ -236,7 +236,7 @@ impl StackMapIn<'static> {
 
 impl<'a> StackMapIn<'a> {
     /// Bytes of memory [`new_in`](StackMapIn::new_in) needs for this map,
-    /// alignment slack included; errors as for [`StackMap::with_config`].
+    /// alignment slack included; errors as for `StackMap::with_config`.
     pub fn storage_size(attr: &MapAttr, cfg: Config) -> Result<usize, Error> {
         let geo = Geometry::new(attr, &cfg)?;
         Ok(Layout::new(&geo)?.storage_size())
