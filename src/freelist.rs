@@ -60,7 +60,8 @@ impl<'a> FreeList<'a> {
     }
     pub fn pop(&self, cpu: usize) -> Option<u32> {
         let c = self.heads.len();
-        (0..c).find_map(|k| self.pop_one((cpu + k) % c))
+        // `cpu % c` first: `cpu + k` overflows for cpu near usize::MAX.
+        (0..c).find_map(|k| self.pop_one((cpu % c + k) % c))
     }
     pub fn nr_cpus(&self) -> usize {
         self.heads.len()

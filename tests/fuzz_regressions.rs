@@ -51,3 +51,47 @@ fn ops_default_input() {
     ops::run(&ops::Input::default());
 }
 
+/// ops, crash 1: `get_stackid` with `cpu = usize::MAX` on a 4-CPU map
+/// overflowed `cpu + k` in the freelist's round-robin pop (the temporary
+/// freelist in main; overflow checks panic, release builds wrapped).
+#[test]
+fn ops_cpu_usize_max() {
+    use ops::*;
+    let input = Input {
+        attr: AttrSel {
+            max_entries: 216,
+            key_size: 12,
+            value_size: 0,
+            flags: 255,
+            raw: 268444672,
+            numa_node: 0,
+        },
+        cfg: CfgSel {
+            cpus: 55,
+            max_stack: 0,
+        },
+        space: SpaceSel::default(),
+        ops: vec![Op::StackIdResolved {
+            cpu: u64::MAX,
+            chain: ChainSel::Words(vec![Ip::Near(0)]),
+            flags: FlagSel::default(),
+        }],
+    };
+    ops::run(&input);
+
+    // The same, spelled out on the public API.
+    let attr = kstackmap::MapAttr {
+        max_entries: 4,
+        value_size: 32,
+        ..Default::default()
+    };
+    let cfg = kstackmap::Config {
+        nr_cpus: 4,
+        max_stack: 127,
+    };
+    let map = kstackmap::StackMap::with_config(&attr, cfg).unwrap();
+    for cpu in [usize::MAX, usize::MAX - 1, usize::MAX - 3] {
+        let id = map.get_stackid(cpu, &[cpu as u64], 0).unwrap();
+        assert_eq!(map.delete(id), Ok(()));
+    }
+}
