@@ -95,3 +95,16 @@ fn ops_cpu_usize_max() {
         assert_eq!(map.delete(id), Ok(()));
     }
 }
+
+/// proc_maps, crash 1: a path ending in '\r' (a legal file name; the
+/// kernel escapes only '\n') lost its '\r': `parse_text` split lines with
+/// `str::lines`, which also strips a '\r' before the '\n', so the whole
+/// text did not round-trip and the mapping named another file.
+#[test]
+fn proc_maps_path_ending_in_cr() {
+    let maps = kstackmap::ProcMaps::parse_text("1000-2000 r-xp 0 00:00 0 /x\r\n").unwrap();
+    assert_eq!(maps.mappings()[0].path, "/x\r");
+    assert_eq!(maps.mappings()[0].file_path(), Some("/x\r"));
+    let again = kstackmap::ProcMaps::parse_text(&maps.to_string()).unwrap();
+    assert_eq!(again, maps);
+}
