@@ -82,6 +82,20 @@ fn proc_maps_seeds() {
 fn ops_default_input() {
     // All-zero selectors: a valid 8-entry map with no operations.
     ops::run(&ops::Input::default());
+    // The same map in caller memory at every misalignment, and in none.
+    for storage in (128..136).chain([255]) {
+        let mut input = ops::Input::default();
+        input.cfg.storage = storage;
+        input.ops = vec![
+            ops::Op::StackId {
+                cpu: 1,
+                chain: ops::ChainSel::Pool(4),
+                flags: ops::FlagSel::default(),
+            },
+            ops::Op::Audit,
+        ];
+        ops::run(&input);
+    }
 }
 
 /// ops, crash 1: `get_stackid` with `cpu = usize::MAX` on a 4-CPU map
@@ -102,6 +116,7 @@ fn ops_cpu_usize_max() {
         cfg: CfgSel {
             cpus: 55,
             max_stack: 0,
+            storage: 0,
         },
         space: SpaceSel::default(),
         ops: vec![Op::StackIdResolved {

@@ -28,7 +28,9 @@ use kstackmap::uapi::{
     BPF_F_SKIP_FIELD_MASK, BPF_F_STACK_BUILD_ID, BPF_F_USER_BUILD_ID, BPF_F_USER_STACK,
     BPF_F_WRONLY, PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER,
 };
-use kstackmap::{Config, Error, MapAttr, StackMap, Vma, VmaResolver};
+use std::mem::MaybeUninit;
+
+use kstackmap::{Config, Error, MapAttr, StackMap, StackMapIn, Vma, VmaResolver};
 
 /// At most this many operations are run per input (keeps executions fast).
 pub const MAX_OPS: usize = 512;
@@ -160,6 +162,11 @@ pub struct CfgSel {
     pub cpus: u8,
     /// `max_stack`: 127 for half the values, else 1..=127.
     pub max_stack: u8,
+    /// Where the map lives: `< 128` allocated (`with_config`); else in a
+    /// caller's buffer (`new_in`) of `storage_size` bytes starting
+    /// `storage % 8` bytes into a `Vec`, or of 0 bytes when
+    /// `storage >= 248` (then `NoMem`, and the run stops).
+    pub storage: u8,
 }
 
 impl CfgSel {
@@ -670,20 +677,41 @@ pub fn run(input: &Input) {
     let attr = input.attr.attr();
     let cfg = input.cfg.cfg();
     let expected = expected_create(&attr, &cfg);
-    let size = StackMap::storage_size(&attr, cfg).map(|_| ());
-    assert_eq!(size, expected, "storage_size({attr:?}, {cfg:?})");
+    let size = StackMap::storage_size(&attr, cfg);
+    assert_eq!(
+        size.map(|_| ()),
+        expected,
+        "storage_size({attr:?}, {cfg:?})"
+    );
     if expected.is_err() {
         let map = StackMap::with_config(&attr, cfg).map(|_| ());
         let model = Model::new(&attr, cfg).map(|_| ());
         assert_eq!(map, expected, "StackMap::with_config({attr:?}, {cfg:?})");
         assert_eq!(model, expected, "Model::new({attr:?}, {cfg:?})");
+        let mut mem = [MaybeUninit::uninit(); 64];
+        let map = StackMapIn::new_in(&attr, cfg, &mut mem).map(|_| ());
+        assert_eq!(map, expected, "StackMapIn::new_in({attr:?}, {cfg:?})");
         return;
     }
     let elem_bytes = attr.value_size as u64 + 16;
     if attr.max_entries as u64 * elem_bytes > MAX_MAP_BYTES {
         return;
     }
-    let mut map = StackMap::with_config(&attr, cfg).expect("valid attributes");
+    let need = size.expect("valid attributes");
+    let mut mem: Vec<MaybeUninit<u8>>;
+    let mut map: StackMapIn<'_> = match input.cfg.storage {
+        0..=127 => StackMap::with_config(&attr, cfg).expect("valid attributes"),
+        248.. => {
+            let got = StackMapIn::new_in(&attr, cfg, &mut []).map(|_| ());
+            assert_eq!(got, Err(Error::NoMem), "new_in with no memory");
+            return;
+        }
+        s => {
+            let off = s as usize % 8;
+            mem = vec![MaybeUninit::uninit(); need + off];
+            StackMapIn::new_in(&attr, cfg, &mut mem[off..]).expect("storage_size bytes")
+        }
+    };
     let mut model = Model::new(&attr, cfg).expect("valid attributes");
     let n_buckets = map.n_buckets();
     assert_eq!(n_buckets, attr.max_entries.next_power_of_two());
@@ -843,7 +871,7 @@ fn check_lookup(
     }
 }
 
-fn check_audit(map: &mut StackMap, model: &Model, step: usize) {
+fn check_audit(map: &mut StackMapIn<'_>, model: &Model, step: usize) {
     let stored = model.dump().len();
     let max = map.attr().max_entries as usize;
     let audit = map.audit();
@@ -856,7 +884,7 @@ fn check_audit(map: &mut StackMap, model: &Model, step: usize) {
 }
 
 /// Every `(id, value)` of the map through `get_next_key` and `lookup`.
-pub fn dump(map: &StackMap) -> Vec<(u32, Vec<u8>)> {
+pub fn dump(map: &StackMapIn<'_>) -> Vec<(u32, Vec<u8>)> {
     let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut key = None;
     while let Ok(id) = map.get_next_key(key) {
