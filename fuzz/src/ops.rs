@@ -30,7 +30,7 @@ use kstackmap::uapi::{
 };
 use std::mem::MaybeUninit;
 
-use kstackmap::{Config, Error, MapAttr, StackMap, StackMapIn, Vma, VmaResolver};
+use kstackmap::{Config, Error, MapAttr, StackBuildId, StackMap, StackMapIn, Vma, VmaResolver};
 
 /// At most this many operations are run per input (keeps executions fast).
 pub const MAX_OPS: usize = 512;
@@ -471,6 +471,16 @@ pub enum Op {
         /// The buffer length.
         buf: BufSel,
     },
+    /// `lookup_ips` or `lookup_build_ids` (whichever `build_ids` says,
+    /// so the wrong one for the map half the time).
+    LookupTyped {
+        /// The key.
+        key: KeySel,
+        /// The buffer length in bytes, rounded down to whole frames.
+        buf: BufSel,
+        /// `lookup_build_ids` rather than `lookup_ips`.
+        build_ids: bool,
+    },
     /// `lookup_and_delete`.
     LookupAndDelete {
         /// The key.
@@ -765,6 +775,53 @@ pub fn run(input: &Input) {
                     w => w,
                 };
                 check_lookup("lookup", step, id, got, want, &b, vs);
+            }
+            Op::LookupTyped {
+                key,
+                buf,
+                build_ids,
+            } => {
+                let id = key.key(&recent, n_buckets);
+                let frame = if *build_ids { 32 } else { 8 };
+                let n = buf.len(attr.value_size) / frame;
+                let mut bytes = vec![FILL; n * frame];
+                let got = if *build_ids {
+                    let fill = zerocopy::FromBytes::read_from_bytes(&[FILL; 32][..]);
+                    let mut out: Vec<StackBuildId> = vec![fill.expect("32 bytes"); n];
+                    let got = map.lookup_build_ids(id, &mut out).map(|f| f.len());
+                    for (b, f) in bytes.chunks_exact_mut(32).zip(&out) {
+                        b.copy_from_slice(zerocopy::IntoBytes::as_bytes(f));
+                    }
+                    got
+                } else {
+                    let mut out = vec![u64::from_ne_bytes([FILL; 8]); n];
+                    let got = map.lookup_ips(id, &mut out).map(|f| f.len());
+                    for (b, f) in bytes.chunks_exact_mut(8).zip(&out) {
+                        b.copy_from_slice(&f.to_ne_bytes());
+                    }
+                    got
+                };
+                let is_build_id = attr.map_flags & BPF_F_STACK_BUILD_ID != 0;
+                // Like lookup with a byte buffer, after the map-kind check.
+                let want = match model.lookup(id) {
+                    _ if *build_ids != is_build_id => Err(Error::Inval),
+                    Err(Error::Perm) => Err(Error::Perm),
+                    _ if id < n_buckets && bytes.len() < vs => Err(Error::Inval),
+                    w => w,
+                };
+                let what = if *build_ids {
+                    "lookup_build_ids"
+                } else {
+                    "lookup_ips"
+                };
+                if let (Ok(nr), Ok(v)) = (&got, &want) {
+                    // The frames returned are the stack; zeros follow.
+                    assert!(
+                        v[nr * frame..].iter().all(|&b| b == 0),
+                        "op #{step} {what}({id}): {nr} frames, but more in {v:x?}"
+                    );
+                }
+                check_lookup(what, step, id, got.map(drop), want, &bytes, vs);
             }
             Op::LookupAndDelete { key, buf } => {
                 let id = key.key(&recent, n_buckets);
