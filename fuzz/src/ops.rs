@@ -66,7 +66,7 @@ pub struct AttrSel {
     pub flags: u8,
     /// Raw bits used by some `flags` and `max_entries` choices.
     pub raw: u32,
-    /// `numa_node`: mostly 0.
+    /// `numa_node`: mostly 0; sometimes 1..=15 or `u32::MAX`.
     pub numa_node: u8,
 }
 
@@ -140,10 +140,10 @@ impl AttrSel {
             7 => self.raw,
             _ => 0,
         };
-        let numa_node = if self.numa_node >= 240 {
-            self.numa_node as u32 - 239
-        } else {
-            0
+        let numa_node = match self.numa_node {
+            0..=239 => 0,
+            255 => u32::MAX,
+            n => n as u32 - 239,
         };
         MapAttr {
             max_entries,
@@ -541,8 +541,8 @@ pub fn expected_create(a: &MapAttr, cfg: &Config) -> Result<(), Error> {
     if f & BPF_F_RDONLY != 0 && f & BPF_F_WRONLY != 0 {
         return Err(Error::Inval);
     }
-    // One NUMA node: only node 0 exists.
-    if f & BPF_F_NUMA_NODE != 0 && a.numa_node != 0 {
+    // One NUMA node: only node 0 exists; -1 (NUMA_NO_NODE) is any node.
+    if f & BPF_F_NUMA_NODE != 0 && a.numa_node != 0 && a.numa_node != u32::MAX {
         return Err(Error::Inval);
     }
     if cfg.nr_cpus == 0 {
