@@ -291,7 +291,10 @@ impl ProcMaps {
     /// `None`. Pure and total, for fuzzing and for text from elsewhere.
     pub fn parse_text(maps_text: &str) -> io::Result<Self> {
         let mut maps = Vec::new();
-        for (n, line) in maps_text.lines().enumerate() {
+        // Lines end in '\n' only: `str::lines` would also eat a '\r'
+        // before it, which belongs to a path ending in '\r' (the kernel
+        // escapes only '\n' in paths).
+        for (n, line) in maps_text.split('\n').enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
