@@ -10,7 +10,7 @@
 //! without a lookup. No mapping, an anonymous one, or one with no build id
 //! gives status IP with the ip and a zeroed build id.
 
-use crate::uapi::BUILD_ID_SIZE_MAX;
+use crate::uapi::{StackBuildId, BUILD_ID_SIZE_MAX};
 
 /// A build id, zero-padded to [`BUILD_ID_SIZE_MAX`] bytes as the kernel
 /// stores it.
@@ -53,5 +53,48 @@ impl<T: VmaResolver + ?Sized> VmaResolver for &T {
     }
     fn find_vma(&self, ip: u64) -> Option<Vma> {
         (**self).find_vma(ip)
+    }
+}
+
+/// Turns `ips` into build-id frames as `stack_map_get_build_id_offset`
+/// does, handing each to `emit` with its index.
+///
+/// Kernel stacks (`!user`), no resolver, or a resolver that can't access
+/// the address space: every frame is status IP. Otherwise per ip: reuse the
+/// last VALID mapping when `start <= ip <= end` (the kernel's inclusive
+/// `range_in_vma`), else `find_vma`; a mapping with a build id gives VALID
+/// with `offset = file_offset + ip - start` (wrapping, even when the
+/// mapping lies above the ip), anything else status IP.
+pub(crate) fn resolve_frames<R: VmaResolver + ?Sized>(
+    ips: &[u64],
+    user: bool,
+    resolver: Option<&R>,
+    mut emit: impl FnMut(usize, &StackBuildId),
+) {
+    let resolver = match resolver {
+        Some(r) if user && r.can_access() => r,
+        _ => {
+            for (i, &ip) in ips.iter().enumerate() {
+                emit(i, &StackBuildId::from_ip(ip));
+            }
+            return;
+        }
+    };
+    let mut prev: Option<(Vma, BuildId)> = None;
+    for (i, &ip) in ips.iter().enumerate() {
+        let hit = match prev {
+            Some((vma, id)) if vma.start <= ip && ip <= vma.end => Some((vma, id)),
+            _ => resolver
+                .find_vma(ip)
+                .and_then(|vma| vma.build_id.map(|id| (vma, id))),
+        };
+        match hit {
+            Some((vma, id)) => {
+                let offset = vma.file_offset.wrapping_add(ip).wrapping_sub(vma.start);
+                emit(i, &StackBuildId::valid(id, offset));
+                prev = Some((vma, id));
+            }
+            None => emit(i, &StackBuildId::from_ip(ip)),
+        }
     }
 }

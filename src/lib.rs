@@ -20,13 +20,28 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod attr;
 pub mod build_id;
+pub mod callchain;
 mod error;
+pub mod freelist;
 pub mod jhash;
+mod map;
+#[cfg(all(test, feature = "std"))]
+mod map_tests;
+#[cfg(feature = "model")]
+pub mod model;
+mod storage;
 mod sync;
 pub mod uapi;
 
+pub use attr::{Config, MapAttr};
 pub use build_id::{BuildId, Vma, VmaResolver};
+pub use callchain::{get_stack, get_stack_max, get_stack_pe};
 pub use error::Error;
 pub use jhash::{jhash2, trace_hash};
+#[cfg(feature = "alloc")]
+pub use map::AuditError;
+pub use map::{StackMap, StackMapIn};
+pub use storage::StaticStorage;
 pub use uapi::{BuildIdStatus, StackBuildId};

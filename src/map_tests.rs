@@ -1,0 +1,313 @@
+//! Unit tests of `StackMap`'s sequential semantics (Miri runs these too).
+
+use crate::uapi::*;
+use crate::{Config, Error, MapAttr, StackMap, StackMapIn, Vma, VmaResolver};
+use core::mem::MaybeUninit;
+
+fn attr(max_entries: u32, value_size: u32, map_flags: u32) -> MapAttr {
+    MapAttr {
+        max_entries,
+        key_size: 4,
+        value_size,
+        map_flags,
+        numa_node: 0,
+    }
+}
+
+fn lookup_u64(m: &StackMap, id: u32) -> Result<[u64; 4], Error> {
+    let mut v = [0xaau8; 32];
+    m.lookup(id, &mut v)?;
+    let mut out = [0u64; 4];
+    for (o, c) in out.iter_mut().zip(v.chunks_exact(8)) {
+        *o = u64::from_ne_bytes(c.try_into().unwrap());
+    }
+    Ok(out)
+}
+
+#[test]
+fn same_stack_same_id_and_lookup_zeroes_tail() {
+    let m = StackMap::new(&attr(8, 32, 0)).unwrap();
+    let id = m.get_stackid(0, &[1, 2, 3], 0).unwrap();
+    assert_eq!(id, crate::trace_hash(&[1, 2, 3]) & 7);
+    assert_eq!(m.get_stackid(1, &[1, 2, 3], 0), Ok(id));
+    assert_eq!(lookup_u64(&m, id), Ok([1, 2, 3, 0]));
+    assert_eq!(m.lookup(m.n_buckets(), &mut [0; 32]), Err(Error::NoEnt));
+    assert_eq!(m.lookup(id, &mut [0; 31]), Err(Error::Inval));
+}
+
+#[test]
+fn collision_exist_and_reuse() {
+    // One bucket: every stack collides.
+    let m = StackMap::new(&attr(2, 32, 0)).unwrap();
+    assert_eq!(m.n_buckets(), 2);
+    let m = StackMap::new(&attr(1, 32, 0)).unwrap();
+    assert_eq!(m.get_stackid(0, &[1], 0), Ok(0));
+    assert_eq!(m.get_stackid(0, &[2], 0), Err(Error::Exist));
+    // max_entries = 1: the only element is in the bucket, so REUSE finds
+    // the freelist empty, exactly like the kernel (pop before xchg).
+    assert_eq!(
+        m.get_stackid(0, &[2], BPF_F_REUSE_STACKID),
+        Err(Error::NoMem)
+    );
+    assert_eq!(lookup_u64(&m, 0), Ok([1, 0, 0, 0]));
+}
+
+#[test]
+fn reuse_replaces_and_recycles() {
+    let m = StackMap::with_config(
+        &attr(2, 32, 0),
+        Config {
+            nr_cpus: 3,
+            max_stack: 127,
+        },
+    );
+    let mut m = m.unwrap();
+    // Find two stacks in the same bucket.
+    let a = [7u64];
+    let ida = m.get_stackid(0, &a, 0).unwrap();
+    let b = (8u64..)
+        .map(|x| [x])
+        .find(|s| crate::trace_hash(s) & 1 == ida)
+        .unwrap();
+    assert_eq!(m.get_stackid(1, &b, 0), Err(Error::Exist));
+    for round in 0..10 {
+        let s = if round % 2 == 0 { b } else { a };
+        assert_eq!(m.get_stackid(round, &s, BPF_F_REUSE_STACKID), Ok(ida));
+        assert_eq!(lookup_u64(&m, ida), Ok([s[0], 0, 0, 0]));
+    }
+    assert_eq!(m.audit(), Ok((1, 1)));
+}
+
+#[test]
+fn full_map_is_nomem() {
+    // Three elements, four buckets: once three are used, a stack for the
+    // fourth bucket finds the freelist empty.
+    let mut m = StackMap::new(&attr(3, 16, 0)).unwrap();
+    let mut stored = 0;
+    for x in 0u64.. {
+        match m.get_stackid(0, &[x, x], 0) {
+            Ok(_) => stored += 1,
+            Err(Error::Exist) => {}
+            Err(Error::NoMem) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(x < 10_000);
+    }
+    assert_eq!(stored, 3);
+    assert_eq!(m.audit(), Ok((3, 0)));
+    // Delete everything through get_next_key, then the map is empty again.
+    while let Ok(id) = m.get_next_key(None) {
+        m.delete(id).unwrap();
+    }
+    assert_eq!(m.audit(), Ok((0, 3)));
+}
+
+#[test]
+fn fast_cmp_is_hash_only() {
+    let m = StackMap::new(&attr(1, 32, 0)).unwrap();
+    m.get_stackid(0, &[1, 2], 0).unwrap();
+    // One bucket: a different stack with the same hash can't be built
+    // cheaply, but FAST_CMP on the same stack hits, and a different stack
+    // (different hash) is EEXIST as usual.
+    assert_eq!(m.get_stackid(0, &[1, 2], BPF_F_FAST_STACK_CMP), Ok(0));
+    assert_eq!(
+        m.get_stackid(0, &[3], BPF_F_FAST_STACK_CMP),
+        Err(Error::Exist)
+    );
+}
+
+#[test]
+fn skip_truncation_and_flags() {
+    let m = StackMap::new(&attr(64, 16, 0)).unwrap();
+    assert_eq!(m.get_stackid(0, &[1, 2], 2), Err(Error::Fault));
+    assert_eq!(m.get_stackid(0, &[], 0), Err(Error::Fault));
+    assert_eq!(m.get_stackid(0, &[1], 1 << 12), Err(Error::Inval));
+    assert_eq!(
+        m.get_stackid(0, &[1], BPF_F_USER_BUILD_ID),
+        Err(Error::Inval)
+    );
+    // value_size 16: two frames after the skip; the rest of the chain is
+    // never looked at (the kernel's walk stops at value/8 + skip).
+    let id = m.get_stackid(0, &[9, 1, 2, 3, 4], 1).unwrap();
+    assert_eq!(m.get_stackid(0, &[9, 1, 2, 5, 6], 1), Ok(id));
+    assert_eq!(id, crate::trace_hash(&[1, 2]) & 63);
+    let mut v = [0u8; 16];
+    m.lookup(id, &mut v).unwrap();
+    assert_eq!(u64::from_ne_bytes(v[8..].try_into().unwrap()), 2);
+}
+
+#[test]
+fn max_stack_bounds_the_walk() {
+    let cfg = Config {
+        nr_cpus: 1,
+        max_stack: 3,
+    };
+    let m = StackMap::with_config(&attr(16, 24, 0), cfg).unwrap();
+    // depth = min(3 + 2, 3) = 3 words; skip 2 leaves one frame.
+    let id = m.get_stackid(0, &[1, 2, 3, 4, 5], 2).unwrap();
+    assert_eq!(id, crate::trace_hash(&[3]) & 15);
+    // skip >= max_stack: the walk is all skip.
+    assert_eq!(m.get_stackid(0, &[1, 2, 3, 4, 5], 3), Err(Error::Fault));
+}
+
+#[test]
+fn syscall_side_errors() {
+    let m = StackMap::new(&attr(4, 8, 0)).unwrap();
+    assert_eq!(m.delete(4), Err(Error::TooBig));
+    assert_eq!(m.delete(0), Err(Error::NoEnt));
+    assert_eq!(m.update(0, &[0; 8], 0), Err(Error::Inval));
+    assert_eq!(m.get_next_key(None), Err(Error::NoEnt));
+    assert_eq!(m.lookup_and_delete(9, &mut [0; 8]), Err(Error::NoEnt));
+    let id = m.get_stackid(0, &[5], 0).unwrap();
+    assert_eq!(m.get_next_key(None), Ok(id));
+    assert_eq!(m.get_next_key(Some(id)), Err(Error::NoEnt));
+    // Out of range or empty key: restart from 0.
+    assert_eq!(m.get_next_key(Some(1000)), Ok(id));
+    let mut v = [0xffu8; 8];
+    assert_eq!(m.lookup_and_delete(id, &mut v), Ok(()));
+    assert_eq!(v, 5u64.to_ne_bytes());
+    assert_eq!(m.lookup(id, &mut v), Err(Error::NoEnt));
+}
+
+#[test]
+fn rdonly_wronly() {
+    let ro = StackMap::new(&attr(4, 8, BPF_F_RDONLY)).unwrap();
+    let id = ro.get_stackid(0, &[5], 0).unwrap();
+    assert_eq!(ro.lookup(id, &mut [0; 8]), Ok(()));
+    assert_eq!(ro.delete(id), Err(Error::Perm));
+    assert_eq!(ro.delete(99), Err(Error::Perm));
+    assert_eq!(ro.update(id, &[0; 8], 0), Err(Error::Perm));
+    assert_eq!(ro.lookup_and_delete(id, &mut [0; 8]), Err(Error::Perm));
+    let wo = StackMap::new(&attr(4, 8, BPF_F_WRONLY)).unwrap();
+    let id = wo.get_stackid(0, &[5], 0).unwrap();
+    assert_eq!(wo.lookup(id, &mut [0; 8]), Err(Error::Perm));
+    assert_eq!(wo.get_next_key(None), Err(Error::Perm));
+    assert_eq!(wo.lookup_and_delete(id, &mut [0; 8]), Err(Error::Perm));
+    assert_eq!(wo.update(id, &[0; 8], 0), Err(Error::Inval));
+    assert_eq!(wo.delete(id), Ok(()));
+}
+
+struct OneLib;
+impl VmaResolver for OneLib {
+    fn find_vma(&self, ip: u64) -> Option<Vma> {
+        match ip {
+            0..0x2000 => Some(Vma {
+                start: 0x1000,
+                end: 0x2000,
+                file_offset: 0x400,
+                build_id: Some([7; 20]),
+            }),
+            0x2000..0x3000 => Some(Vma {
+                start: 0x2000,
+                end: 0x3000,
+                file_offset: 0,
+                build_id: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn build_id_map() {
+    let m = StackMap::new(&attr(2, 64, BPF_F_STACK_BUILD_ID)).unwrap();
+    let chain = [0x1100, 0x500, 0x2500];
+    let f = BPF_F_USER_STACK;
+    // value 64 = two frames.
+    let id = m.get_stackid_resolved(0, &chain, f, &OneLib).unwrap();
+    let mut v = [0u8; 64];
+    m.lookup(id, &mut v).unwrap();
+    use zerocopy::FromBytes;
+    let frames = <[StackBuildId]>::ref_from_bytes(&v[..]).unwrap();
+    assert_eq!(frames[0], StackBuildId::valid([7; 20], 0x500));
+    // 0x500 is below the mapping: find_vma still gives it, the offset wraps.
+    assert_eq!(
+        frames[1],
+        StackBuildId::valid([7; 20], 0x400u64.wrapping_add(0x500).wrapping_sub(0x1000))
+    );
+    // Kernel stacks (no USER flag) are all IP.
+    let id2 = m.get_stackid_resolved(0, &[0x1100], 0, &OneLib);
+    let id3 = m.get_stackid(0, &[0x1100], f);
+    assert!(id2.is_ok() || id2 == Err(Error::Exist));
+    assert!(id3.is_ok() || id3 == Err(Error::Exist) || id3 == Err(Error::NoMem));
+}
+
+#[test]
+fn build_id_pop_before_compare() {
+    // Two entries, both used: even a known stack gets ENOMEM, as in the kernel.
+    let m = StackMap::new(&attr(2, 32, BPF_F_STACK_BUILD_ID)).unwrap();
+    let mut ids = [None, None];
+    for x in 1u64.. {
+        let id = m.get_stackid(0, &[x], 0);
+        if let Ok(id) = id {
+            ids[id as usize] = Some(x);
+        }
+        if ids.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let known = ids[0].unwrap();
+    assert_eq!(m.get_stackid(0, &[known], 0), Err(Error::NoMem));
+    // FAST_CMP returns before the pop.
+    assert_eq!(m.get_stackid(0, &[known], BPF_F_FAST_STACK_CMP), Ok(0));
+    m.delete(1).unwrap();
+    assert_eq!(m.get_stackid(0, &[known], 0), Ok(0));
+}
+
+#[test]
+fn pe_variants() {
+    let m = StackMap::new(&attr(64, 64, 0)).unwrap();
+    let chain = [PERF_CONTEXT_KERNEL, 0xa, 0xb, PERF_CONTEXT_USER, 0x1, 0x2];
+    let kid = m.get_stackid_pe(0, &chain, 0).unwrap();
+    assert_eq!(
+        kid,
+        crate::trace_hash(&[PERF_CONTEXT_KERNEL, 0xa, 0xb]) & 63
+    );
+    let uid = m.get_stackid_pe(0, &chain, BPF_F_USER_STACK).unwrap();
+    assert_eq!(uid, crate::trace_hash(&[PERF_CONTEXT_USER, 1, 2]) & 63);
+    let uid1 = m.get_stackid_pe(0, &chain, BPF_F_USER_STACK | 1).unwrap();
+    assert_eq!(uid1, crate::trace_hash(&[1, 2]) & 63);
+    assert_eq!(
+        m.get_stackid_pe(0, &chain, BPF_F_USER_STACK | 253),
+        Err(Error::Fault)
+    );
+    assert_eq!(
+        m.get_stackid_pe(0, &chain, BPF_F_USER_STACK | 3),
+        Err(Error::Fault)
+    );
+    assert_eq!(m.get_stackid_pe(0, &chain, 1 << 20), Err(Error::Inval));
+}
+
+#[test]
+fn caller_memory() {
+    let a = attr(16, 64, 0);
+    let need = StackMapIn::storage_size(&a, Config::default()).unwrap();
+    let mut mem = [MaybeUninit::<u8>::uninit(); 4096];
+    assert!(need <= mem.len(), "{need}");
+    assert_eq!(
+        StackMapIn::new_in(&a, Config::default(), &mut mem[..need - 200]).err(),
+        Some(Error::NoMem)
+    );
+    // Any alignment works: start one byte in.
+    let m = StackMapIn::new_in(&a, Config::default(), &mut mem[1..need + 1]).unwrap();
+    let id = m.get_stackid(0, &[1, 2, 3], 0).unwrap();
+    assert_eq!(m.get_stackid(0, &[1, 2, 3], 0), Ok(id));
+    assert!(m.mem_usage() >= 16 * (12 + 64));
+}
+
+#[test]
+fn creation_errors() {
+    assert_eq!(StackMap::new(&attr(0, 8, 0)).err(), Some(Error::Inval));
+    assert_eq!(
+        StackMap::new(&attr(u32::MAX, 8, 0)).err(),
+        Some(Error::TooBig)
+    );
+    assert_eq!(
+        StackMap::new(&attr(1, 8, BPF_F_NO_PREALLOC)).err(),
+        Some(Error::Inval)
+    );
+    assert_eq!(
+        StackMap::new(&attr(1, 40, BPF_F_STACK_BUILD_ID)).err(),
+        Some(Error::Inval)
+    );
+}

@@ -1,0 +1,227 @@
+//! Where a map's memory comes from, and how it is laid out.
+//!
+//! A map is one block of memory, carved into four arrays:
+//!
+//! ```text
+//! +------------------+----------------+------------------+---------------------------------+
+//! | heads            | links          | buckets          | elements                        |
+//! | nr_cpus x Head   | max_entries x  | n_buckets x      | max_entries x (3 + value_size/4)|
+//! | (cache-padded)   | AtomicU32      | AtomicU32        | AtomicU32                       |
+//! +------------------+----------------+------------------+---------------------------------+
+//! ```
+//!
+//! The block is either allocated by [`StackMap::new`](crate::StackMap::new)
+//! (feature `alloc`) or handed over by the caller
+//! ([`StackMapIn::new_in`](crate::StackMapIn::new_in)), for kernels and
+//! firmware that carve memory out of an arena or a `static`
+//! ([`StaticStorage`]). Either way every atomic is written in place before
+//! the map is used, and nothing is allocated afterwards.
+
+use core::cell::UnsafeCell;
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::sync::atomic::AtomicBool;
+
+use crate::attr::Geometry;
+use crate::freelist::{self, Head};
+use crate::sync::AtomicU32;
+use crate::Error;
+
+/// Words of an element header: sequence number, hash, nr.
+pub(crate) const HDR_WORDS: usize = 3;
+
+/// Byte offsets of the four arrays in a map's block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    pub links: usize,
+    pub buckets: usize,
+    pub elems: usize,
+    /// Bytes from the (aligned) start of the block to its end.
+    pub size: usize,
+    /// Words per element: `HDR_WORDS + value_size / 4`.
+    pub elem_words: usize,
+}
+
+impl Layout {
+    /// The alignment the block's start needs.
+    pub const ALIGN: usize = if align_of::<Head>() > align_of::<AtomicU32>() {
+        align_of::<Head>()
+    } else {
+        align_of::<AtomicU32>()
+    };
+
+    /// The layout for `g`; `NoMem` if it does not fit the address space,
+    /// `TooBig` if the freelist cannot index that many elements here.
+    pub fn new(g: &Geometry) -> Result<Layout, Error> {
+        if g.attr.max_entries > freelist::MAX_ELEMS {
+            return Err(Error::TooBig);
+        }
+        let word = size_of::<AtomicU32>();
+        let max_entries = g.attr.max_entries as usize;
+        let elem_words = HDR_WORDS + g.value_words;
+        let heads = g
+            .nr_cpus
+            .checked_mul(size_of::<Head>())
+            .ok_or(Error::NoMem)?;
+        let links = max_entries.checked_mul(word).ok_or(Error::NoMem)?;
+        let buckets = (g.n_buckets as usize)
+            .checked_mul(word)
+            .ok_or(Error::NoMem)?;
+        let elems = max_entries
+            .checked_mul(elem_words)
+            .and_then(|w| w.checked_mul(word))
+            .ok_or(Error::NoMem)?;
+        // Heads come first (largest alignment); the rest are word arrays.
+        let links_at = heads;
+        let buckets_at = links_at.checked_add(links).ok_or(Error::NoMem)?;
+        let elems_at = buckets_at.checked_add(buckets).ok_or(Error::NoMem)?;
+        let size = elems_at.checked_add(elems).ok_or(Error::NoMem)?;
+        // Slack so that a block of `storage_size` bytes at any address fits.
+        size.checked_add(Self::ALIGN).ok_or(Error::NoMem)?;
+        if size > isize::MAX as usize {
+            return Err(Error::NoMem);
+        }
+        Ok(Layout {
+            links: links_at,
+            buckets: buckets_at,
+            elems: elems_at,
+            size,
+            elem_words,
+        })
+    }
+
+    /// Bytes a caller must provide: the block plus alignment slack.
+    pub fn storage_size(&self) -> usize {
+        self.size + Self::ALIGN - 1
+    }
+}
+
+/// The four arrays, initialised, borrowed from a block that outlives `'a`.
+pub(crate) struct Region<'a> {
+    pub heads: &'a [Head],
+    pub links: &'a [AtomicU32],
+    pub buckets: &'a [AtomicU32],
+    pub elems: &'a [AtomicU32],
+}
+
+impl<'a> Region<'a> {
+    /// Writes every atomic of the block at `base` and borrows the arrays.
+    ///
+    /// # Safety
+    ///
+    /// `base` is aligned to [`Layout::ALIGN`], valid for reads and writes of
+    /// `layout.size` bytes for `'a`, and nothing else accesses those bytes
+    /// during `'a` except through the returned region.
+    pub unsafe fn init(base: *mut u8, g: &Geometry, layout: &Layout) -> Region<'a> {
+        // SAFETY (all four calls): the offsets come from `layout`, which
+        // places each array inside the block, suitably aligned (heads at
+        // offset 0 of an ALIGN-aligned base; words at multiples of 4 after
+        // arrays whose sizes are multiples of 4); the caller gives us the
+        // block exclusively for 'a.
+        unsafe {
+            Region {
+                heads: init_slice(base, g.nr_cpus, freelist::new_head),
+                links: init_slice(base.add(layout.links), g.attr.max_entries as usize, || {
+                    AtomicU32::new(0)
+                }),
+                buckets: init_slice(base.add(layout.buckets), g.n_buckets as usize, || {
+                    AtomicU32::new(0)
+                }),
+                elems: init_slice(
+                    base.add(layout.elems),
+                    g.attr.max_entries as usize * layout.elem_words,
+                    || AtomicU32::new(0),
+                ),
+            }
+        }
+    }
+
+    /// Runs the destructors of every atomic (no-ops, except under loom).
+    ///
+    /// # Safety
+    ///
+    /// The region is not used again.
+    pub unsafe fn drop_in_place(&mut self) {
+        // SAFETY: the slices were written by `init` and are dropped once,
+        // by the caller's promise; the memory itself is not freed here.
+        unsafe {
+            core::ptr::drop_in_place(self.heads as *const [Head] as *mut [Head]);
+            core::ptr::drop_in_place(self.links as *const [AtomicU32] as *mut [AtomicU32]);
+            core::ptr::drop_in_place(self.buckets as *const [AtomicU32] as *mut [AtomicU32]);
+            core::ptr::drop_in_place(self.elems as *const [AtomicU32] as *mut [AtomicU32]);
+        }
+    }
+}
+
+/// Writes `n` values made by `make` at `at` and borrows them as a slice.
+///
+/// # Safety
+///
+/// `at` is aligned for `T` and valid for writes of `n` `T`s for `'a`,
+/// exclusively.
+unsafe fn init_slice<'a, T>(at: *mut u8, n: usize, make: impl Fn() -> T) -> &'a [T] {
+    let at = at.cast::<T>();
+    for i in 0..n {
+        // SAFETY: `i < n`, inside the caller's block; aligned by contract.
+        unsafe { at.add(i).write(make()) };
+    }
+    // SAFETY: all `n` elements were just initialised; the block is ours
+    // for 'a and from now on is only reached through this shared slice.
+    unsafe { core::slice::from_raw_parts(at, n) }
+}
+
+/// Memory for one map in a `static`, for code with no allocator.
+///
+/// `N` is in bytes; [`StackMapIn::storage_size`](crate::StackMapIn::storage_size)
+/// says how many a map needs. [`take`](StaticStorage::take) hands the bytes
+/// out once, so a `static` needs no `static mut`:
+///
+/// ```
+/// use kstackmap::{Config, MapAttr, StackMapIn, StaticStorage};
+///
+/// static MEM: StaticStorage<{ 64 * 1024 }> = StaticStorage::new();
+///
+/// let attr = MapAttr { max_entries: 64, value_size: 8 * 32, ..MapAttr::default() };
+/// let map = StackMapIn::new_in(&attr, Config::default(), MEM.take().unwrap()).unwrap();
+/// let id = map.get_stackid(0, &[0x1000, 0x2000], 0).unwrap();
+/// assert!(MEM.take().is_none(), "handed out once only");
+/// # let _ = id;
+/// ```
+pub struct StaticStorage<const N: usize> {
+    taken: AtomicBool,
+    mem: UnsafeCell<[MaybeUninit<u8>; N]>,
+}
+
+// SAFETY: the only access to `mem` is the `&'static mut` that `take` hands
+// out, at most once (guarded by the `taken` swap), so no two threads can
+// reach the bytes through this type.
+unsafe impl<const N: usize> Sync for StaticStorage<N> {}
+
+impl<const N: usize> StaticStorage<N> {
+    /// Uninitialised storage, not yet taken.
+    pub const fn new() -> Self {
+        StaticStorage {
+            taken: AtomicBool::new(false),
+            mem: UnsafeCell::new([MaybeUninit::uninit(); N]),
+        }
+    }
+
+    /// The bytes, the first time; `None` after that.
+    #[allow(clippy::mut_from_ref)] // handed out at most once: see `taken`
+    pub fn take(&'static self) -> Option<&'static mut [MaybeUninit<u8>]> {
+        // core's atomic, not `sync`'s: this is a one-shot guard in a `static`
+        // (loom atomics can't be built in a const), not a modelled protocol.
+        // AcqRel: whoever wins the swap is the only one to ever see `false`.
+        if self.taken.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the swap above returned false exactly once, so this is the
+        // only mutable borrow of `mem` there will ever be.
+        Some(unsafe { &mut *self.mem.get() })
+    }
+}
+
+impl<const N: usize> Default for StaticStorage<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
