@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use kstackmap::{Config, MapAttr, StackMap};
+
 const WORKLOADS: [&str; 4] = ["hit", "churn", "lookup", "mix"];
 const PEERS: [&str; 6] = ["kstackmap", "floor", "kernel", "mutex", "dashmap", "papaya"];
 const THREADS: [usize; 4] = [1, 2, 4, 8];
@@ -242,11 +244,22 @@ fn memory_table() -> String {
     s
 }
 
-/// `StackMap::mem_usage()` for an ips map; `None` until `StackMap` lands
-/// on main (then: `StackMap::with_config(&attr, cfg).ok().map(|m| m.mem_usage())`).
+/// `StackMap::mem_usage()` for an ips map with this machine's CPU count.
 fn kstackmap_mem(max_entries: u32, value_size: u32, map_flags: u32) -> Option<usize> {
-    let _ = (max_entries, value_size, map_flags);
-    None
+    let attr = MapAttr {
+        max_entries,
+        key_size: 4,
+        value_size,
+        map_flags,
+        numa_node: 0,
+    };
+    let cfg = Config {
+        nr_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_stack: 127,
+    };
+    StackMap::with_config(&attr, cfg)
+        .ok()
+        .map(|m| m.mem_usage())
 }
 
 fn machine(load: Option<&str>) -> String {
