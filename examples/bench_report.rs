@@ -9,8 +9,9 @@
 //! saved with `--save-baseline NAME`), each cell is the best (lowest) mean
 //! over the runs and the spread column says how far apart the runs were.
 //! Ratios are peer / kstackmap: above 1 means kstackmap is faster.
-//! `--write` puts the table, the machine and the targets into a markdown
-//! file (docs/benchmarks.md).
+//! `--write` puts the table, the targets, memory and the machine into a
+//! markdown file (docs/benchmarks.md), replacing only the part between its
+//! `bench_report` markers so the hand-written findings around it stay.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -327,10 +328,25 @@ fn main() {
     );
     println!("{doc}");
     if let Some(path) = a.write {
-        let text = format!("{}{doc}", HEADER);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        write_doc(&path, &doc);
         eprintln!("wrote {}", path.display());
     }
+}
+
+const START: &str = "<!-- bench_report: generated from here -->\n";
+const END: &str = "<!-- bench_report: generated up to here -->\n";
+
+/// Replaces the generated part of `path` (between the markers), keeping
+/// the hand-written text around it; a new file gets `HEADER` first.
+fn write_doc(path: &Path, doc: &str) {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let text = match (old.find(START), old.find(END)) {
+        (Some(s), Some(e)) if s < e => {
+            format!("{}{START}{doc}{}", &old[..s], &old[e..])
+        }
+        _ => format!("{HEADER}{START}{doc}{END}"),
+    };
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 const HEADER: &str = "# Benchmarks\n\n\
