@@ -150,6 +150,29 @@ fn main() {
             let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
             timed_loop_floor(&floor, &pool, &seq, ops);
         }
+        "stats" => {
+            // How often a mix call replaces a bucket (a miss) rather than hits.
+            let map = StackMapPeer::<KStackMap>::build(&PARAMS);
+            let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64);
+            let seq = workload::zipf_sequence(&mut Rng::new(1), pool.len(), 1.0, SEQ_LEN);
+            for &i in &seq {
+                map.mix(0, &pool[i as usize]);
+            }
+            let (mut misses, mut depth) = (0, 0);
+            for i in 0..ops {
+                let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                depth += s.len();
+                if map.hit(0, s).is_none() {
+                    misses += 1;
+                    map.mix(0, s);
+                }
+            }
+            println!(
+                "mix: {:.1}% of calls replace a bucket; mean depth {:.1}",
+                100.0 * misses as f64 / ops as f64,
+                depth as f64 / ops as f64
+            );
+        }
         "jhash" => {
             let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, PARAMS.n_buckets());
             let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);

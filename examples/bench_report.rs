@@ -6,7 +6,7 @@
 //!
 //! Reads `target/criterion/<workload>/<peer>/<threads>/<baseline>/estimates.json`
 //! (baseline `new` by default: the last run). With several baselines (runs
-//! saved with `--save-baseline NAME`), each cell is the best (lowest) mean
+//! saved with `--save-baseline NAME`), each cell is the best (lowest) median
 //! over the runs and the spread column says how far apart the runs were.
 //! Ratios are peer / kstackmap: above 1 means kstackmap is faster.
 //! `--write` puts the table, the targets, memory and the machine into a
@@ -59,8 +59,16 @@ fn args() -> Args {
     a
 }
 
-/// Mean ns/op of one benchmark in one baseline.
-fn mean_ns(dir: &Path, workload: &str, peer: &str, threads: usize, baseline: &str) -> Option<f64> {
+/// Median ns/op of one benchmark in one baseline (criterion's median of
+/// its samples: on a shared machine a sample in which one thread was
+/// descheduled is an outlier the mean would carry).
+fn median_ns(
+    dir: &Path,
+    workload: &str,
+    peer: &str,
+    threads: usize,
+    baseline: &str,
+) -> Option<f64> {
     let path = dir
         .join(workload)
         .join(peer)
@@ -69,10 +77,10 @@ fn mean_ns(dir: &Path, workload: &str, peer: &str, threads: usize, baseline: &st
         .join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["mean"]["point_estimate"].as_f64()
+    v["median"]["point_estimate"].as_f64()
 }
 
-/// Best mean over the baselines and the spread (worst / best).
+/// Best median over the baselines and the spread (worst / best).
 #[derive(Clone, Copy)]
 struct Cell {
     best: f64,
@@ -87,7 +95,7 @@ fn cells(a: &Args) -> BTreeMap<(usize, usize, usize), Cell> {
                 let runs: Vec<f64> = a
                     .baselines
                     .iter()
-                    .filter_map(|b| mean_ns(&a.criterion_dir, workload, peer, threads, b))
+                    .filter_map(|b| median_ns(&a.criterion_dir, workload, peer, threads, b))
                     .collect();
                 if runs.is_empty() {
                     continue;
@@ -321,9 +329,10 @@ fn main() {
     };
     let doc = format!(
         "## Throughput: aggregate ns/op ({runs})\n\n\
-         Each cell: ns per operation over all threads (wall time / total ops), and in\n\
-         parentheses peer / kstackmap (above 1: kstackmap is faster). The kstackmap cell\n\
-         of the hit path is compared with the floor instead.\n\n{table}\n\
+         Each cell: ns per operation over all threads (wall time / total ops; criterion's\n\
+         median sample), and in parentheses peer / kstackmap (above 1: kstackmap is\n\
+         faster). The kstackmap cell of the hit path is compared with the floor instead.\n\n\
+         {table}\n\
          ## Targets\n\n{targets}\n## Memory\n\n{memory}\n## Machine\n\n{machine}"
     );
     println!("{doc}");
