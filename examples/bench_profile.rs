@@ -27,11 +27,15 @@ use kernel_port::KernelPort;
 use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
 use workload::Rng;
 
-const PARAMS: Params = Params {
-    max_entries: 16_384,
-    value_size: 127 * 8,
-    nr_cpus: 2,
-};
+/// The bench's geometry; `VALUE_SIZE=256` in the environment shrinks the
+/// elements (to see what the map's memory footprint costs: TLB, caches).
+fn params() -> Params {
+    Params {
+        max_entries: 16_384,
+        value_size: std::env::var("VALUE_SIZE").map_or(127 * 8, |v| v.parse().expect("VALUE_SIZE")),
+        nr_cpus: 2,
+    }
+}
 const SEQ_LEN: usize = 1 << 16;
 
 enum Op<'a> {
@@ -62,7 +66,7 @@ fn timed_loop<P: Peer>(map: &P, op: &Op<'_>, ops: usize) {
             }
         }
         Op::Lookup(pairs, ids, seq) => {
-            let mut buf = vec![0u8; PARAMS.value_size as usize];
+            let mut buf = vec![0u8; params().value_size as usize];
             for i in 0..ops {
                 let j = seq[i & (SEQ_LEN - 1)] as usize;
                 black_box(map.read(0, ids[j], &pairs[j].1, &mut buf));
@@ -94,8 +98,8 @@ fn timed_loop_jhash(pool: &[Vec<u64>], seq: &[u32], ops: usize) {
 }
 
 fn run<P: Peer>(workload: &str, ops: usize) {
-    let nb = PARAMS.n_buckets();
-    let map = P::build(&PARAMS);
+    let nb = params().n_buckets();
+    let map = P::build(&params());
     let mut rng = Rng::new(1);
     match workload {
         "hit" => {
@@ -145,14 +149,15 @@ fn main() {
         "dashmap" => run::<DashMapPeer>(workload, ops),
         "papaya" => run::<PapayaPeer>(workload, ops),
         "floor" => {
-            let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, PARAMS.n_buckets());
-            let floor = Floor::build(&PARAMS, &pool);
+            let pool =
+                workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, params().n_buckets());
+            let floor = Floor::build(&params(), &pool);
             let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
             timed_loop_floor(&floor, &pool, &seq, ops);
         }
         "stats" => {
             // How often a mix call replaces a bucket (a miss) rather than hits.
-            let map = StackMapPeer::<KStackMap>::build(&PARAMS);
+            let map = StackMapPeer::<KStackMap>::build(&params());
             let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64);
             let seq = workload::zipf_sequence(&mut Rng::new(1), pool.len(), 1.0, SEQ_LEN);
             for &i in &seq {
@@ -174,7 +179,8 @@ fn main() {
             );
         }
         "jhash" => {
-            let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, PARAMS.n_buckets());
+            let pool =
+                workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, params().n_buckets());
             let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
             timed_loop_jhash(&pool, &seq, ops);
         }
