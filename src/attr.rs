@@ -150,7 +150,9 @@ mod tests {
         );
         let text = std::fs::read_to_string(path).expect("shared/vectors/attr_grid.tsv");
         let mut rows = 0;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        // Miri is ~1000x slower: it checks every 61st row.
+        let step = if cfg!(miri) { 61 } else { 1 };
+        for line in text.lines().filter(|l| !l.starts_with('#')).step_by(step) {
             let f: std::vec::Vec<u32> = line.split('\t').map(|c| c.parse().unwrap()).collect();
             let attr = MapAttr {
                 max_entries: f[0],
@@ -163,7 +165,7 @@ mod tests {
             assert_eq!(got as u32, f[4], "{attr:?}");
             rows += 1;
         }
-        assert_eq!(rows, 15_744);
+        assert_eq!(rows, 15_744usize.div_ceil(step));
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub struct Vma {
 /// Implementations must not block if the map is used from a context that
 /// cannot block; [`ProcMaps`](crate::ProcMaps) (feature `std`) is the one
 /// for user-space profilers.
+///
+/// To give the kernel's answers, an implementation follows
+/// `build_id_parse`: a mapping's `build_id` is that of the whole *file*
+/// behind it, read from the file's start (so every mapping of one file has
+/// the same id), as [`parse_build_id`](crate::elf_note::parse_build_id)
+/// finds it; mappings without a file (anonymous memory, `[heap]`,
+/// `[stack]`, and special mappings such as `[vdso]`) have `None`.
 pub trait VmaResolver {
     /// Whether the address space can be read now. `false` is the kernel's
     /// failed `mmap_read_trylock`: every frame falls back to status IP.

@@ -29,10 +29,17 @@ impl<'a> FreeList<'a> {
         }
     }
     pub fn push(&self, cpu: usize, idx: u32) {
-        let h = &self.heads[cpu % self.heads.len()];
+        // No panic path: `get`/`checked_rem` instead of `[]`/`%`. Neither
+        // fails (nr_cpus >= 1, idx < max_entries), so nothing is dropped.
+        let h = cpu
+            .checked_rem(self.heads.len())
+            .and_then(|c| self.heads.get(c));
+        let (Some(h), Some(link)) = (h, self.links.get(idx as usize)) else {
+            return;
+        };
         let mut cur = h.load(Ordering::Acquire);
         loop {
-            self.links[idx as usize].store((cur & EMPTY) as u32, Ordering::Relaxed);
+            link.store((cur & EMPTY) as u32, Ordering::Relaxed);
             let tag = (cur >> HEAD_INDEX_BITS).wrapping_add(1);
             let new = (tag << HEAD_INDEX_BITS) | idx as HeadWord;
             match h.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
@@ -42,14 +49,14 @@ impl<'a> FreeList<'a> {
         }
     }
     fn pop_one(&self, cpu: usize) -> Option<u32> {
-        let h = &self.heads[cpu];
+        let h = self.heads.get(cpu)?;
         let mut cur = h.load(Ordering::Acquire);
         loop {
             let idx = cur & EMPTY;
             if idx == EMPTY {
                 return None;
             }
-            let next = self.links[idx as usize].load(Ordering::Relaxed) as HeadWord;
+            let next = self.links.get(idx as usize)?.load(Ordering::Relaxed) as HeadWord;
             let tag = (cur >> HEAD_INDEX_BITS).wrapping_add(1);
             let new = (tag << HEAD_INDEX_BITS) | next;
             match h.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {

@@ -23,6 +23,7 @@ extern crate std;
 mod attr;
 pub mod build_id;
 pub mod callchain;
+pub mod elf_note;
 mod error;
 pub mod freelist;
 pub mod jhash;
@@ -31,6 +32,8 @@ mod map;
 mod map_tests;
 #[cfg(feature = "model")]
 pub mod model;
+#[cfg(feature = "std")]
+pub mod proc_maps;
 mod storage;
 mod sync;
 pub mod uapi;
@@ -38,10 +41,13 @@ pub mod uapi;
 pub use attr::{Config, MapAttr};
 pub use build_id::{BuildId, Vma, VmaResolver};
 pub use callchain::{get_stack, get_stack_max, get_stack_pe};
+pub use elf_note::{parse_build_id, BuildIdNote};
 pub use error::Error;
 pub use jhash::{jhash2, trace_hash};
 #[cfg(feature = "alloc")]
 pub use map::AuditError;
 pub use map::{StackMap, StackMapIn};
+#[cfg(feature = "std")]
+pub use proc_maps::ProcMaps;
 pub use storage::StaticStorage;
 pub use uapi::{BuildIdStatus, StackBuildId};

@@ -117,29 +117,35 @@ enum Cmp {
 }
 
 /// One slot's words: header then data.
+///
+/// # Invariants
+///
+/// `seq` is `words[SEQ]`: looked up once, in [`StackMapIn::elem`], so that
+/// reaching it needs no index check (and no panic path) afterwards.
 #[derive(Clone, Copy)]
-struct Elem<'m>(&'m [AtomicU32]);
+struct Elem<'m> {
+    words: &'m [AtomicU32],
+    seq: &'m AtomicU32,
+}
 
 impl<'m> Elem<'m> {
     fn word(&self, i: usize) -> u32 {
         // Relaxed: element words are read under the sequence number, whose
         // Acquire load and fence order these loads (see `observe`).
-        self.0.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
+        self.words.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
     }
     fn set(&self, i: usize, v: u32) {
         // Relaxed: only the slot's owner writes, between the odd store and
         // the Release store of the sequence number (see `write`).
-        if let Some(w) = self.0.get(i) {
+        if let Some(w) = self.words.get(i) {
             w.store(v, Ordering::Relaxed);
         }
     }
     fn seq(&self) -> &'m AtomicU32 {
-        // INVARIANT: an element has HDR_WORDS >= 1 words, so index 0 exists;
-        // `elem()` only builds Elems of the full element length.
-        &self.0[SEQ]
+        self.seq
     }
     fn data(&self) -> &'m [AtomicU32] {
-        self.0.get(HDR_WORDS..).unwrap_or(&[])
+        self.words.get(HDR_WORDS..).unwrap_or(&[])
     }
 
     /// Makes the sequence number odd: from here until `end_write` readers
@@ -296,9 +302,11 @@ impl<'a> StackMapIn<'a> {
 
     fn elem(&self, slot: u32) -> Option<Elem<'a>> {
         let start = (slot as usize).checked_mul(self.elem_words)?;
-        self.elems
-            .get(start..start.checked_add(self.elem_words)?)
-            .map(Elem)
+        let words = self.elems.get(start..start.checked_add(self.elem_words)?)?;
+        // INVARIANT: `seq` is `words[SEQ]`. Never `None`: an element has
+        // `HDR_WORDS` header words, so its slice is not empty.
+        let seq = words.get(SEQ)?;
+        Some(Elem { words, seq })
     }
 
     fn bucket(&self, id: u32) -> Option<&'a AtomicU32> {
@@ -588,15 +596,18 @@ impl<'a> StackMapIn<'a> {
     }
 
     /// Copies slot `e`'s frames into `value` and zeroes the tail.
-    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) {
-        let nr = e.word(NR) as usize;
-        let len = (nr * self.geo.frame_size as usize).min(self.geo.attr.value_size as usize);
+    /// Copies slot `e`'s frames into `value`, zeroes the tail, and returns
+    /// the number of frames.
+    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
+        let nr = (e.word(NR) as usize).min(self.geo.value_frames as usize);
+        let len = nr * self.geo.frame_size as usize;
         let (head, tail) = value.split_at_mut(len.min(value.len()));
         for (chunk, w) in head.chunks_mut(4).zip(e.data()) {
             let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
             chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or(&bytes));
         }
         tail.fill(0);
+        nr
     }
 
     fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
@@ -614,13 +625,46 @@ impl<'a> StackMapIn<'a> {
     /// (the kernel's copy does, and can make a concurrent insert vanish),
     /// and retries only if a writer changed the bucket meanwhile.
     pub fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Error> {
+        self.lookup_frames(id, value).map(drop)
+    }
+
+    /// [`lookup`](StackMapIn::lookup) that returns the number of frames.
+    fn lookup_frames(&self, id: u32, value: &mut [u8]) -> Result<usize, Error> {
         self.may(true, false)?;
         let bucket = self.bucket(id).ok_or(Error::NoEnt)?;
         let value = self.value_buf(value)?;
         match self.observe(bucket, |e| self.copy_out(e, value)) {
             Seen::Empty => Err(Error::NoEnt),
-            Seen::Slot(..) => Ok(()),
+            Seen::Slot(_, nr) => Ok(nr),
         }
+    }
+
+    /// [`lookup`](StackMapIn::lookup) into a typed buffer of an ips map,
+    /// with no intermediate copy: the value lands in `out` (at least
+    /// `value_size / 8` long, else `Inval`) and the stack's frames are
+    /// returned as a slice of it. `Inval` on a build-id map.
+    pub fn lookup_ips<'v>(&self, id: u32, out: &'v mut [u64]) -> Result<&'v [u64], Error> {
+        if self.geo.build_id() {
+            return Err(Error::Inval);
+        }
+        let nr = self.lookup_frames(id, zerocopy::IntoBytes::as_mut_bytes(&mut *out))?;
+        Ok(out.get(..nr).unwrap_or(&[]))
+    }
+
+    /// [`lookup`](StackMapIn::lookup) into typed [`StackBuildId`] frames of
+    /// a build-id map, with no intermediate copy; returns the stack's
+    /// frames. `Inval` on an ips map or when `out` is shorter than
+    /// `value_size / 32`.
+    pub fn lookup_build_ids<'v>(
+        &self,
+        id: u32,
+        out: &'v mut [StackBuildId],
+    ) -> Result<&'v [StackBuildId], Error> {
+        if !self.geo.build_id() {
+            return Err(Error::Inval);
+        }
+        let nr = self.lookup_frames(id, zerocopy::IntoBytes::as_mut_bytes(&mut *out))?;
+        Ok(out.get(..nr).unwrap_or(&[]))
     }
 
     /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 6.18+): copies stack `id`

@@ -311,3 +311,22 @@ fn creation_errors() {
         Some(Error::Inval)
     );
 }
+
+#[test]
+fn typed_lookups() {
+    let m = StackMap::new(&attr(8, 32, 0)).unwrap();
+    let id = m.get_stackid(0, &[1, 2, 3], 0).unwrap();
+    let mut ips = [9u64; 4];
+    assert_eq!(m.lookup_ips(id, &mut ips), Ok(&[1u64, 2, 3][..]));
+    assert_eq!(ips[3], 0);
+    assert_eq!(m.lookup_ips(id, &mut [0u64; 3]), Err(Error::Inval));
+    let mut frames = [StackBuildId::default(); 1];
+    assert_eq!(m.lookup_build_ids(id, &mut frames), Err(Error::Inval));
+
+    let b = StackMap::new(&attr(8, 64, BPF_F_STACK_BUILD_ID)).unwrap();
+    let id = b.get_stackid(0, &[0x10], 0).unwrap();
+    let mut frames = [StackBuildId::default(); 2];
+    let got = b.lookup_build_ids(id, &mut frames).unwrap();
+    assert_eq!(got, &[StackBuildId::from_ip(0x10)]);
+    assert_eq!(b.lookup_ips(id, &mut [0u64; 8]), Err(Error::Inval));
+}

@@ -1,0 +1,253 @@
+//! loom models of the map's protocols: publish (swap / compare-exchange),
+//! the optimistic read (`observe`: lookup and the get_stackid compare),
+//! delete, and the freelist round trip behind them.
+//!
+//! Every model ends with conservation: `StackMap::audit` finds each slot in
+//! exactly one place (a bucket or the freelist).
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release --test map
+//! ```
+#![cfg(loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use kstackmap::uapi::BPF_F_REUSE_STACKID;
+use kstackmap::{trace_hash, Error, MapAttr, StackMap};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Runs `f` under loom and prints how many interleavings it explored.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    // std's atomic, not loom's: it counts executions across the model.
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(2);
+    }
+    let start = std::time::Instant::now();
+    b.check(move || {
+        counter.fetch_add(1, Relaxed);
+        f();
+    });
+    let n = runs.load(Relaxed);
+    println!(
+        "loom model {name}: {n} interleavings in {:.1?}",
+        start.elapsed()
+    );
+}
+
+/// A 2-element, 2-bucket ips map with 2-frame values.
+fn small_map() -> StackMap {
+    let attr = MapAttr {
+        max_entries: 2,
+        key_size: 4,
+        value_size: 16,
+        map_flags: 0,
+        numa_node: 0,
+    };
+    StackMap::new(&attr).unwrap()
+}
+
+/// Two distinct one-frame stacks in the same bucket of a 2-bucket map.
+fn colliding() -> ([u64; 1], [u64; 1], u32) {
+    let a = [0x1000u64];
+    let id = trace_hash(&a) & 1;
+    let b = (0x1001u64..)
+        .map(|x| [x])
+        .find(|s| trace_hash(s) & 1 == id)
+        .unwrap();
+    (a, b, id)
+}
+
+fn read(map: &StackMap, id: u32) -> Result<[u64; 2], Error> {
+    let mut v = [0u8; 16];
+    map.lookup(id, &mut v)?;
+    Ok([
+        u64::from_ne_bytes(v[..8].try_into().unwrap()),
+        u64::from_ne_bytes(v[8..].try_into().unwrap()),
+    ])
+}
+
+fn audit(map: StackMap) -> (usize, usize) {
+    let mut map = map;
+    map.audit()
+        .expect("conservation: every slot in exactly one place")
+}
+
+/// Runs `a` and `b` on two spawned threads and returns both results.
+///
+/// Both sides are spawned (rather than one on the model's main thread):
+/// loom explores far fewer schedules when the main thread's accesses are
+/// all loads that precede a spawned thread's stores.
+fn race<A, B>(
+    map: &Arc<StackMap>,
+    a: impl FnOnce(&StackMap) -> A + Send + 'static,
+    b: impl FnOnce(&StackMap) -> B + Send + 'static,
+) -> (A, B)
+where
+    A: Send + 'static,
+    B: Send + 'static,
+{
+    let (ma, mb) = (map.clone(), map.clone());
+    let ta = thread::spawn(move || a(&ma));
+    let tb = thread::spawn(move || b(&mb));
+    (ta.join().unwrap(), tb.join().unwrap())
+}
+
+fn into_inner(map: Arc<StackMap>) -> StackMap {
+    Arc::try_unwrap(map).ok().expect("threads joined")
+}
+
+#[test]
+fn two_inserters_no_reuse() {
+    let (a, b, id) = colliding();
+    model("two_inserters_no_reuse", move || {
+        let map = Arc::new(small_map());
+        let (ra, rb) = race(
+            &map,
+            move |m| m.get_stackid(0, &a, 0),
+            move |m| m.get_stackid(0, &b, 0),
+        );
+        // Exactly one wins; the loser sees the winner's stack: EEXIST. No
+        // insert is thrown away (the kernel's xchg could lose one).
+        let winner = match (ra, rb) {
+            (Ok(_), Err(Error::Exist)) => a,
+            (Err(Error::Exist), Ok(_)) => b,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(read(&map, id), Ok([winner[0], 0]));
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
+
+#[test]
+fn two_inserters_reuse() {
+    let (a, b, id) = colliding();
+    model("two_inserters_reuse", move || {
+        let map = Arc::new(small_map());
+        let (ra, rb) = race(
+            &map,
+            move |m| m.get_stackid(1, &a, BPF_F_REUSE_STACKID),
+            move |m| m.get_stackid(0, &b, BPF_F_REUSE_STACKID),
+        );
+        assert_eq!((ra, rb), (Ok(id), Ok(id)));
+        let got = read(&map, id).unwrap();
+        assert!(got == [a[0], 0] || got == [b[0], 0], "{got:?}");
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
+
+#[test]
+fn insert_vs_lookup() {
+    let stack = [0x10u64, 0x20];
+    let id = trace_hash(&stack) & 1;
+    model("insert_vs_lookup", move || {
+        let map = Arc::new(small_map());
+        let (ins, seen) = race(
+            &map,
+            move |m| m.get_stackid(0, &stack, 0),
+            move |m| read(m, id),
+        );
+        // The reader sees nothing or the whole stack, never a torn one.
+        match seen {
+            Err(Error::NoEnt) => {}
+            Ok(v) => assert_eq!(v, stack),
+            Err(e) => panic!("{e:?}"),
+        }
+        assert_eq!(ins, Ok(id));
+        // The insert is never lost (the kernel's swap-out read can lose it)
+        // and the inserter's id names its stack.
+        assert_eq!(read(&map, id), Ok(stack));
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
+
+#[test]
+fn insert_vs_delete() {
+    let (a, b, id) = colliding();
+    model("insert_vs_delete", move || {
+        let map = Arc::new(small_map());
+        map.get_stackid(0, &b, 0).unwrap();
+        let (ins, rd) = race(
+            &map,
+            move |m| m.get_stackid(0, &a, BPF_F_REUSE_STACKID),
+            move |m| m.delete(id),
+        );
+        assert_eq!(ins, Ok(id));
+        // Delete removed b (before the insert) or a (after it).
+        assert_eq!(rd, Ok(()));
+        let left = read(&map, id);
+        assert!(
+            left == Err(Error::NoEnt) || left == Ok([a[0], 0]),
+            "{left:?}"
+        );
+        let map = into_inner(map);
+        let (used, free) = audit(map);
+        assert_eq!((used + free, used), (2, usize::from(left.is_ok())));
+    });
+}
+
+/// The seqlock guarantee: a reader racing with the recycling of the slot
+/// it is reading sees one whole stack, never a mixture of two, and a
+/// compare racing with it reports a hit only for the stack it asked for.
+#[test]
+fn compare_and_read_vs_recycle() {
+    let old = [0x1u64, 0x2];
+    let id = trace_hash(&old) & 1;
+    // A second stack for the same bucket, and a third for the recycle.
+    let new = (3u64..)
+        .map(|x| [x, x + 1])
+        .find(|s| trace_hash(s) & 1 == id)
+        .unwrap();
+    model("compare_and_read_vs_recycle", move || {
+        let map = Arc::new(small_map());
+        map.get_stackid(0, &old, 0).unwrap();
+        // Replace `old` by `new`: pops the free slot, publishes it, pushes
+        // old's slot; then delete and insert `old` again, which rewrites a
+        // recycled slot while the reader may be reading it.
+        let writer = move |m: &StackMap| {
+            assert_eq!(m.get_stackid(0, &new, BPF_F_REUSE_STACKID), Ok(id));
+            assert_eq!(m.delete(id), Ok(()));
+            assert_eq!(m.get_stackid(0, &old, 0), Ok(id));
+        };
+        let ((), seen) = race(&map, writer, move |m| read(m, id));
+        match seen {
+            Ok(v) => assert!(v == old || v == new, "torn read {v:?}"),
+            Err(e) => assert_eq!(e, Error::NoEnt),
+        }
+        assert_eq!(read(&map, id), Ok(old));
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
+
+#[test]
+fn compare_vs_replace() {
+    let old = [0x1u64, 0x2];
+    let id = trace_hash(&old) & 1;
+    let new = (3u64..)
+        .map(|x| [x, x + 1])
+        .find(|s| trace_hash(s) & 1 == id)
+        .unwrap();
+    model("compare_vs_replace", move || {
+        let map = Arc::new(small_map());
+        map.get_stackid(0, &old, 0).unwrap();
+        let (rep, r) = race(
+            &map,
+            move |m| m.get_stackid(0, &new, BPF_F_REUSE_STACKID),
+            move |m| m.get_stackid(0, &old, 0),
+        );
+        // A hit on `old` is only reported while `old` is in the bucket;
+        // after the replace it is EEXIST.
+        assert!(r == Ok(id) || r == Err(Error::Exist), "{r:?}");
+        assert_eq!(rep, Ok(id));
+        assert_eq!(read(&map, id), Ok(new));
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
