@@ -1,78 +1,767 @@
-//! TEMPORARY STUB (not committed): replaced by the freelist branch.
-#![allow(missing_docs)]
-use crate::sync::{AtomicU32, HeadAtomic, HeadWord, Ordering, HEAD_INDEX_BITS};
+//! A lock-free per-CPU freelist of element indices: the kernel's
+//! `percpu_freelist.c` without its spinlocks.
+//!
+//! # Algorithm
+//!
+//! Each CPU owns one Treiber stack. A stack is a single atomic *head word*
+//! (one per CPU, each on its own cache line) holding `{tag, index}` of the
+//! top element; the stack's links live in a side array of [`AtomicU32`],
+//! one per element index (`links[i]` = the index below `i`, or `EMPTY`).
+//! No pointers are stored anywhere, so the list can sit in caller-provided
+//! memory, be shared between address spaces, and never allocates.
+//!
+//! - `push(cpu, i)`: read the head of `cpu % nr_cpus`, write
+//!   `links[i] = head.index`, CAS the head from `{tag, index}` to
+//!   `{tag, i}`; retry on failure.
+//! - `pop(cpu)`: for the CPU's own stack, then the others round-robin
+//!   starting at `cpu + 1` (the kernel's `for_each_cpu_wrap`): read the
+//!   head `{tag, i}`; if `i` is `EMPTY` move on to the next CPU, else read
+//!   `next = links[i]` and CAS the head to `{tag + 1, next}`; on success `i`
+//!   is the caller's, on failure retry with the value the CAS saw.
+//! - `populate()`: spreads `0..n` over the CPUs exactly like the kernel's
+//!   `pcpu_freelist_populate`: `n / nr_cpus` each, the first
+//!   `n % nr_cpus` CPUs one more, CPU 0 getting the lowest indices, each
+//!   range pushed in increasing order (so the highest index of the range is
+//!   on top and is popped first, as in the kernel).
+//!
+//! The kernel falls back to an extra, locked list when an NMI cannot take a
+//! CPU's lock; a lock-free stack never needs one, so there is none.
+//!
+//! # Invariants
+//!
+//! - Conservation: every index in `0..capacity` is in exactly one place at
+//!   any time: on exactly one CPU's stack (reachable from its head through
+//!   `links`), or in the hands of exactly one caller (returned by `pop`, or
+//!   never pushed since `new`/`populate`, and not pushed back yet).
+//! - No index is returned by two pops without a push of it between them.
+//! - A stack's links form a chain that ends in `EMPTY`: an element's link is
+//!   written only by the thread that holds it (in `push`, before the CAS that
+//!   publishes it), never while it is on a stack.
+//! - The tag of a head only moves forward (mod 2^tag bits), by one on each
+//!   successful pop; see the ABA walk-through on `FreeList::pop_one` in
+//!   the source.
+//!
+//! They hold as long as callers keep their side of the contract: push only
+//! indices they hold (got from `pop`, or never handed to the list). Pushing
+//! an index twice is a caller bug that no cheap check can see; it breaks
+//! conservation (an index may then be popped twice) but is still defined
+//! behaviour: every access is atomic, nothing panics in release builds, and
+//! each `pop` still finishes in a bounded number of steps when uncontended.
+//!
+//! # Progress
+//!
+//! Lock-free, not wait-free. `push` and `pop` retry only when their CAS on a
+//! head fails, and (with the strong `compare_exchange` used here) a CAS fails
+//! only because another thread's CAS on the same head succeeded in between:
+//! every failure is someone else's progress. A thread preempted (or
+//! interrupted, or killed) at any point never blocks the others: there is no
+//! lock to hold, and no intermediate state another thread must wait out. A
+//! single thread can starve under unbounded contention on one head. On LL/SC
+//! targets (thumbv7em) the strong CAS is itself a short loop that retries a
+//! lost reservation, which again happens only when another core or handler
+//! wrote the word. `pop` from an interrupt handler that preempted a `push` or
+//! `pop` on the same CPU is fine (the NMI case the kernel needs trylock for).
+//!
+//! `pop` returns `None` only after it saw every CPU's stack empty, each at
+//! some moment during the call (not all at the same moment, as in the
+//! kernel): an index pushed to an already-visited CPU while `pop` looks at
+//! the others is missed.
+//!
+//! # Tag wrap
+//!
+//! The tag defeats ABA as long as it does not wrap inside one pop's window
+//! (between its load of a head and its CAS on it). Only pops bump the tag,
+//! so a stale CAS can succeed wrongly only if, during that window, the same
+//! head saw exactly a multiple of 2^tag-bits successful pops *and* ended with
+//! the same index on top with a different next link. That is 2^32 (about
+//! 4.3 billion) pops of one CPU's stack during a single pop's few
+//! instructions on targets with 64-bit atomics, and 2^16 (65,536) pops on
+//! targets without them (thumbv7em): plainly, the 16-bit tag makes the ABA
+//! defence probabilistic there, requiring a pop to be stalled (e.g. by an
+//! interrupt storm on another core) across 65,536 pops of the same stack.
+//!
+//! # Targets
+//!
+//! Where `target_has_atomic = "64"` a head is an `AtomicU64`: index in the
+//! low 32 bits, tag in the high 32; a list holds up to 2^32 - 2 elements
+//! ([`MAX_ELEMS`]). Elsewhere (thumbv7em-none-eabihf and other 32-bit-CAS
+//! targets) a head is an `AtomicU32`: index in the low 16 bits, tag in the
+//! high 16, so a list holds at most 65,534 elements there and larger lists
+//! are refused ([`Error::TooBig`](crate::Error::TooBig) from
+//! [`OwnedFreeList::new`]). The all-ones index value is `EMPTY` in both.
+//! `RUSTFLAGS="--cfg kstackmap_head32"` selects the narrow head on any
+//! target, so its tests (and loom models) also run on 64-bit hosts.
+//!
+//! # Memory ordering for users
+//!
+//! A `pop` that returns `i` happens-after the `push` that put `i` on the
+//! stack it was taken from (Release CAS in push, Acquire in pop), so
+//! everything the pusher wrote before pushing (the element's contents) is
+//! visible to the popper. Indices placed by [`FreeList::populate`] are
+//! visible to every thread the list is shared with afterwards (sharing it
+//! needs its own happens-before edge: spawning a thread, a Release store of
+//! the map pointer, ...).
+
+#[cfg(feature = "alloc")]
+use alloc::{boxed::Box, vec::Vec};
 use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU32, HeadAtomic, HeadWord, Ordering, HEAD_INDEX_BITS, HEAD_INDEX_MAX};
+
+/// One per-CPU stack head: `{tag, index}` packed in one atomic word, on a
+/// cache line of its own. Make them with [`new_head`].
+///
+/// Bit layout of the word (`B` = 32 where the target has 64-bit atomics,
+/// 16 elsewhere):
+///
+/// ```text
+///  2B-1          B   B-1           0
+/// +-----------------+---------------+
+/// |       tag       |     index     |
+/// +-----------------+---------------+
+/// ```
+///
+/// `index` is the top element, or all ones (`EMPTY`) for an empty stack;
+/// `tag` counts successful pops (mod 2^B) to defeat ABA.
 pub type Head = CachePadded<HeadAtomic>;
-const EMPTY: HeadWord = ((1 as HeadWord) << HEAD_INDEX_BITS) - 1;
-pub fn new_head() -> Head {
-    CachePadded::new(HeadAtomic::new(EMPTY))
+
+/// The largest number of elements a list can hold on this target:
+/// 2^32 - 2 with 64-bit atomics, 65,534 without (the index field must also
+/// encode `EMPTY`).
+pub const MAX_ELEMS: u32 = HEAD_INDEX_MAX;
+
+/// Mask of the index field of a head word.
+const INDEX_MASK: HeadWord = ((1 as HeadWord) << HEAD_INDEX_BITS) - 1;
+
+/// The index value that means "no element": the end of a chain, or an empty
+/// stack. All ones in the index field (`u32::MAX` or `0xffff`).
+#[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
+const EMPTY: u32 = INDEX_MASK as u32;
+
+static_assertions::const_assert_eq!(2 * HEAD_INDEX_BITS, HeadWord::BITS);
+static_assertions::const_assert!(MAX_ELEMS < EMPTY);
+static_assertions::const_assert!(HEAD_INDEX_BITS <= u32::BITS);
+static_assertions::assert_impl_all!(FreeList<'static>: Send, Sync, Copy);
+#[cfg(feature = "alloc")]
+static_assertions::assert_impl_all!(OwnedFreeList: Send, Sync);
+
+/// The index field of a head word.
+#[inline]
+#[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
+fn index_of(word: HeadWord) -> u32 {
+    (word & INDEX_MASK) as u32
 }
-pub const MAX_ELEMS: u32 = crate::sync::HEAD_INDEX_MAX;
+
+/// The tag field of a head word, in the low bits of the result.
+#[inline]
+fn tag_of(word: HeadWord) -> HeadWord {
+    word >> HEAD_INDEX_BITS
+}
+
+/// Pack `{tag, index}`; tag bits beyond the field are dropped (the tag
+/// wraps mod 2^HEAD_INDEX_BITS by design).
+#[inline]
+fn pack(tag: HeadWord, index: u32) -> HeadWord {
+    (tag << HEAD_INDEX_BITS) | (HeadWord::from(index) & INDEX_MASK)
+}
+
+/// An empty head (tag 0, index `EMPTY`), for building the `heads` slice of
+/// a [`FreeList`] in memory the caller owns.
+pub fn new_head() -> Head {
+    CachePadded::new(HeadAtomic::new(pack(0, EMPTY)))
+}
+
+/// A next-link for the `links` slice of a [`FreeList`]. Its value does not
+/// matter until [`FreeList::populate`] or [`FreeList::push`] writes it.
+pub fn new_link() -> AtomicU32 {
+    AtomicU32::new(EMPTY)
+}
+
+/// A per-CPU lock-free freelist of the indices `0..capacity()`, over
+/// memory the caller provides: one [`Head`] per CPU and one [`AtomicU32`]
+/// next-link per element. See the [module docs](self) for the algorithm.
+///
+/// A `FreeList` is a view: any number of them may be made over the same
+/// memory (they then share one state), and it is `Copy`.
+///
+/// # Invariants
+///
+/// - `links.len() <= MAX_ELEMS`, so every valid index is below `EMPTY`.
+/// - Every head's index field is `EMPTY` or an index below `links.len()`,
+///   and so is every link reachable from a head (as long as every view over
+///   the same heads uses the same links, which [`OwnedFreeList`] ensures).
+#[derive(Clone, Copy, Debug)]
 pub struct FreeList<'a> {
+    /// One stack head per CPU.
     heads: &'a [Head],
+    /// `links[i]`: the index below `i` on its stack, or `EMPTY`. Meaningful
+    /// only while `i` is on a stack.
     links: &'a [AtomicU32],
 }
+
 impl<'a> FreeList<'a> {
+    /// A list over `heads` (one per CPU, `heads.len() >= 1`) and `links`
+    /// (one per element, `links.len() = n <= MAX_ELEMS`).
+    ///
+    /// The state is whatever `heads` hold: heads fresh from [`new_head`]
+    /// make an empty list (every index is then in the caller's hands; call
+    /// [`populate`](Self::populate) to put them all on the list). Making a
+    /// view does not touch the memory, so it is fine to make one per call.
+    ///
+    /// Contract violations do not panic in release builds: with no heads
+    /// every `pop` returns `None` and every `push` is ignored; links past
+    /// `MAX_ELEMS` are not used.
     pub fn new(heads: &'a [Head], links: &'a [AtomicU32]) -> Self {
+        debug_assert!(!heads.is_empty(), "a freelist needs at least one CPU");
+        debug_assert!(links.len() <= MAX_ELEMS as usize, "too many elements");
+        // INVARIANT: truncated to MAX_ELEMS, so every index is below EMPTY.
+        let n = links.len().min(MAX_ELEMS as usize);
+        let links = links.get(..n).unwrap_or_default();
         FreeList { heads, links }
     }
-    pub fn populate(&self) {
-        let n = self.links.len();
-        let c = self.heads.len();
-        let (q, r) = (n / c, n % c);
-        let mut i = 0;
-        for cpu in 0..c {
-            for _ in 0..q + usize::from(cpu < r) {
-                self.push(cpu, i as u32);
-                i += 1;
-            }
-        }
-    }
-    pub fn push(&self, cpu: usize, idx: u32) {
-        // No panic path: `get`/`checked_rem` instead of `[]`/`%`. Neither
-        // fails (nr_cpus >= 1, idx < max_entries), so nothing is dropped.
-        let h = cpu
-            .checked_rem(self.heads.len())
-            .and_then(|c| self.heads.get(c));
-        let (Some(h), Some(link)) = (h, self.links.get(idx as usize)) else {
-            return;
-        };
-        let mut cur = h.load(Ordering::Acquire);
-        loop {
-            link.store((cur & EMPTY) as u32, Ordering::Relaxed);
-            let tag = (cur >> HEAD_INDEX_BITS).wrapping_add(1);
-            let new = (tag << HEAD_INDEX_BITS) | idx as HeadWord;
-            match h.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(c) => cur = c,
-            }
-        }
-    }
-    fn pop_one(&self, cpu: usize) -> Option<u32> {
-        let h = self.heads.get(cpu)?;
-        let mut cur = h.load(Ordering::Acquire);
-        loop {
-            let idx = cur & EMPTY;
-            if idx == EMPTY {
-                return None;
-            }
-            let next = self.links.get(idx as usize)?.load(Ordering::Relaxed) as HeadWord;
-            let tag = (cur >> HEAD_INDEX_BITS).wrapping_add(1);
-            let new = (tag << HEAD_INDEX_BITS) | next;
-            match h.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(idx as u32),
-                Err(c) => cur = c,
-            }
-        }
-    }
-    pub fn pop(&self, cpu: usize) -> Option<u32> {
-        let c = self.heads.len();
-        (0..c).find_map(|k| self.pop_one((cpu + k) % c))
-    }
+
+    /// The number of per-CPU stacks.
+    #[inline]
     pub fn nr_cpus(&self) -> usize {
         self.heads.len()
     }
+
+    /// The number of elements: indices are `0..capacity()`.
+    #[inline]
     pub fn capacity(&self) -> u32 {
-        self.links.len() as u32
+        // Never truncates: `new` caps `links.len()` at MAX_ELEMS.
+        u32::try_from(self.links.len()).unwrap_or(MAX_ELEMS)
+    }
+
+    /// Put every index `0..capacity()` on the list, spread over the CPUs as
+    /// the kernel's `pcpu_freelist_populate` does: `n / nr_cpus` per CPU,
+    /// one more on each of the first `n % nr_cpus` CPUs, consecutive ranges
+    /// in CPU order, each range's highest index on top.
+    ///
+    /// This resets the list: whatever it held before is forgotten (tags are
+    /// kept). Not to be run concurrently with anything else on the same
+    /// memory; call it before the list is shared.
+    pub fn populate(&self) {
+        let nr_cpus = self.heads.len();
+        let n = self.links.len();
+        let Some(per_cpu) = n.checked_div(nr_cpus) else {
+            return;
+        };
+        let extra = n % nr_cpus;
+        let mut start = 0usize;
+        for (cpu, head) in self.heads.iter().enumerate() {
+            let count = per_cpu + usize::from(cpu < extra);
+            let end = start + count; // <= n: the counts sum to n
+            let mut top = EMPTY;
+            for (i, link) in (start..end).zip(self.links.get(start..end).unwrap_or_default()) {
+                // Relaxed: not concurrent with anything; publishing the list
+                // (spawn, Release store of a pointer) orders it for readers.
+                link.store(top, Ordering::Relaxed);
+                // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
+                top = u32::try_from(i).unwrap_or(EMPTY);
+            }
+            // Relaxed: not concurrent with anything (see the link store).
+            let old = head.load(Ordering::Relaxed);
+            // Relaxed: as above; the list is not shared yet.
+            head.store(pack(tag_of(old), top), Ordering::Relaxed);
+            start = end;
+        }
+    }
+
+    /// Give `idx` back to the list, on the stack of CPU `cpu % nr_cpus()`.
+    ///
+    /// `idx` must be held by the caller (returned by [`pop`](Self::pop), or
+    /// never handed to the list); everything written before the push is
+    /// visible to the thread that pops `idx` next. An out-of-range `idx` is
+    /// a caller bug: it trips a `debug_assert` and is otherwise ignored.
+    #[inline]
+    pub fn push(&self, cpu: usize, idx: u32) {
+        let link = usize::try_from(idx).ok().and_then(|i| self.links.get(i));
+        let head = cpu
+            .checked_rem(self.heads.len())
+            .and_then(|c| self.heads.get(c));
+        let (Some(link), Some(head)) = (link, head) else {
+            debug_assert!(false, "push of index {idx} out of range or no CPUs");
+            return;
+        };
+        // Relaxed: only a guess at the expected value; the CAS below checks it.
+        let mut cur = head.load(Ordering::Relaxed);
+        loop {
+            // Relaxed: published by the Release CAS below, which pairs with
+            // the Acquire head load/CAS in `pop_one` that reads this link.
+            link.store(index_of(cur), Ordering::Relaxed);
+            // The tag is kept: a push's CAS is safe even after ABA (the top
+            // is `index_of(cur)` right now, which is what the link says), and
+            // keeping it makes the tag wrap only after 2^B pops, not pushes.
+            let new = pack(tag_of(cur), idx);
+            match head.compare_exchange(
+                cur,
+                new,
+                // Release: pairs with the Acquire load/CAS of this head in
+                // `pop_one`, so the link store above and the caller's writes
+                // to the element happen-before the pop that returns `idx`.
+                Ordering::Release,
+                // Relaxed: the value is only the next expected value.
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Take an index off the list: from CPU `cpu % nr_cpus()` first, then
+    /// stealing from the others round-robin starting at the next CPU, as the
+    /// kernel's `pcpu_freelist_pop`.
+    ///
+    /// Returns `None` only if every CPU's stack was seen empty (each at some
+    /// moment during the call). The caller then holds the index until it
+    /// pushes it back; the pop happens-after the push that freed it.
+    #[inline]
+    pub fn pop(&self, cpu: usize) -> Option<u32> {
+        let nr_cpus = self.heads.len();
+        let start = cpu.checked_rem(nr_cpus)?;
+        // CPUs `start..nr_cpus` then `0..start`: for_each_cpu_wrap(start).
+        let (before, from) = self.heads.split_at_checked(start)?;
+        from.iter()
+            .chain(before)
+            .find_map(|head| self.pop_one(head))
+    }
+
+    /// Pop from one CPU's stack; `None` if it was seen empty.
+    ///
+    /// Why the tag: without it, a pop that read `{A, next = B}` could
+    /// succeed after others popped A and B and pushed A back, putting B
+    /// (now in someone's hands) back on the stack. Stacks are written top
+    /// first, `[tag, index]` for the head and `->` for links:
+    ///
+    /// ```text
+    /// | T1                     | T2        | stack, no tag      | stack, tagged            |
+    /// |------------------------|-----------|--------------------|--------------------------|
+    /// |                        |           | A -> B -> C        | [0,A] A -> B -> C        |
+    /// | load head: A, next = B |           | A -> B -> C        | [0,A] A -> B -> C        |
+    /// |                        | pop() = A | B -> C             | [1,B] B -> C             |
+    /// |                        | pop() = B | C                  | [2,C] C                  |
+    /// |                        | push(A)   | A -> C             | [2,A] A -> C             |
+    /// | CAS(head, A => B)      |           | ok: B -> C, T1: A  | fails: [2,A] != [0,A]    |
+    /// | (retry if it failed)   |           |                    | next = C, CAS => [3,C]   |
+    /// | result                 | holds B   | B held AND listed  | T1: A, T2: B, list: C    |
+    /// ```
+    ///
+    /// Untagged, the CAS compares only `A == A` and succeeds: B, which T2
+    /// holds, is on the stack again, so the next pop hands it out a second
+    /// time (loom finds this at once when the bump is removed: conservation
+    /// sees `[0, 1, 1, 2]`). Tagged, T2's two pops moved the tag from 0 to
+    /// 2, so T1's CAS fails and T1 retries with the current head. The loom
+    /// model `pop_vs_pop_aba` is this table.
+    #[inline]
+    fn pop_one(&self, head: &Head) -> Option<u32> {
+        // Acquire: pairs with the Release CAS of the push that put this index
+        // on top (every later CAS on the head is an RMW, so continues that
+        // release sequence), making its link store visible to the load below.
+        let mut cur = head.load(Ordering::Acquire);
+        loop {
+            let idx = index_of(cur);
+            if idx == EMPTY {
+                return None;
+            }
+            let Some(link) = usize::try_from(idx).ok().and_then(|i| self.links.get(i)) else {
+                // Unreachable by the invariants (only views with other links
+                // over the same heads could get here): treat as empty.
+                debug_assert!(false, "head index {idx} out of range");
+                return None;
+            };
+            // Relaxed: ordered by the Acquire that read `cur`; if the link has
+            // changed since, `idx` was popped (tag bumped) and the CAS fails.
+            let next = link.load(Ordering::Relaxed);
+            let new = pack(tag_of(cur).wrapping_add(1), next);
+            match head.compare_exchange(
+                cur,
+                new,
+                // Acquire: pairs with the Release CAS of the push that freed
+                // `idx`: the caller sees everything written before that push.
+                Ordering::Acquire,
+                // Acquire: the value becomes `cur`, whose link is read next;
+                // pairs with the push's Release CAS as the first load does.
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(idx),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Pop every index the list holds, from all CPUs (CPU 0 first, then
+    /// stealing round-robin), until `pop` returns `None`. For tests and
+    /// debugging: checking conservation, or emptying a list on teardown.
+    ///
+    /// Safe to run concurrently with other users, but then it is not a
+    /// snapshot (it takes what it finds). On a list corrupted by a double
+    /// push (a caller bug) the chain may be cyclic and the iterator endless;
+    /// bound it with `take(capacity)` when that matters.
+    pub fn drain_all(&self) -> impl Iterator<Item = u32> + 'a {
+        let list = *self;
+        core::iter::from_fn(move || list.pop(0))
+    }
+}
+
+/// A [`FreeList`] with its memory on the heap (`alloc` feature).
+///
+/// # Invariants
+///
+/// `heads.len() >= 1` and `links.len() <= MAX_ELEMS`; every view made by
+/// [`list`](Self::list) uses these same heads and links.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct OwnedFreeList {
+    /// One per CPU.
+    heads: Box<[Head]>,
+    /// One per element.
+    links: Box<[AtomicU32]>,
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedFreeList {
+    /// An empty list of `n` elements over `nr_cpus` CPUs: every index is in
+    /// the caller's hands until pushed (or until [`FreeList::populate`]).
+    ///
+    /// Errors: [`Inval`](crate::Error::Inval) for `nr_cpus == 0`,
+    /// [`TooBig`](crate::Error::TooBig) for `n > MAX_ELEMS`,
+    /// [`NoMem`](crate::Error::NoMem) if the allocation fails (fallible:
+    /// it never aborts). Allocates; may run wherever the global allocator may.
+    pub fn new(nr_cpus: usize, n: u32) -> Result<Self, crate::Error> {
+        if nr_cpus == 0 {
+            return Err(crate::Error::Inval);
+        }
+        if n > MAX_ELEMS {
+            return Err(crate::Error::TooBig);
+        }
+        let n = usize::try_from(n).map_err(|_| crate::Error::NoMem)?;
+        let mut heads = Vec::new();
+        heads
+            .try_reserve_exact(nr_cpus)
+            .map_err(|_| crate::Error::NoMem)?;
+        heads.extend((0..nr_cpus).map(|_| new_head()));
+        let mut links = Vec::new();
+        links
+            .try_reserve_exact(n)
+            .map_err(|_| crate::Error::NoMem)?;
+        links.extend((0..n).map(|_| new_link()));
+        // INVARIANT: nr_cpus >= 1 and n <= MAX_ELEMS were checked above.
+        Ok(OwnedFreeList {
+            heads: heads.into_boxed_slice(),
+            links: links.into_boxed_slice(),
+        })
+    }
+
+    /// [`new`](Self::new), then [`populate`](FreeList::populate): every
+    /// index on the list, spread as the kernel does.
+    pub fn new_populated(nr_cpus: usize, n: u32) -> Result<Self, crate::Error> {
+        let list = Self::new(nr_cpus, n)?;
+        list.list().populate();
+        Ok(list)
+    }
+
+    /// A view to push and pop through (cheap: two slice references).
+    #[inline]
+    pub fn list(&self) -> FreeList<'_> {
+        FreeList::new(&self.heads, &self.links)
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    extern crate std;
+
+    use std::{sync::Arc, thread, vec, vec::Vec};
+
+    use super::*;
+    use crate::Error;
+
+    /// Pop everything and check it is exactly `0..n`, each index once.
+    fn assert_conserved(list: FreeList<'_>, mut held: Vec<u32>) {
+        let n = list.capacity();
+        held.extend(list.drain_all().take(n as usize + 1));
+        held.sort_unstable();
+        assert_eq!(held, (0..n).collect::<Vec<_>>(), "conservation broken");
+    }
+
+    /// The kernel's pcpu_freelist_populate, as a list of per-CPU stacks
+    /// (bottom first): CPU `c` gets the next `n / nr + (c < n % nr)` indices,
+    /// pushed in increasing order.
+    fn kernel_populate(nr_cpus: usize, n: u32) -> Vec<Vec<u32>> {
+        let (per, extra) = (n as usize / nr_cpus, n as usize % nr_cpus);
+        let mut next = 0u32;
+        (0..nr_cpus)
+            .map(|c| {
+                let j = per + usize::from(c < extra);
+                let stack: Vec<u32> = (next..next + j as u32).collect();
+                next += j as u32;
+                stack
+            })
+            .collect()
+    }
+
+    /// Pop each CPU's own stack alone (no stealing) by reading the heads.
+    fn stacks(list: FreeList<'_>) -> Vec<Vec<u32>> {
+        list.heads
+            .iter()
+            .map(|head| {
+                let mut s = Vec::new();
+                while let Some(i) = list.pop_one(head) {
+                    s.push(i);
+                }
+                s.reverse(); // bottom first
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn constructor_errors() {
+        assert_eq!(OwnedFreeList::new(0, 4).unwrap_err(), Error::Inval);
+        assert_eq!(
+            OwnedFreeList::new(1, MAX_ELEMS + 1).unwrap_err(),
+            Error::TooBig
+        );
+        // The heads alone would overflow the address space: NoMem, no abort.
+        assert_eq!(
+            OwnedFreeList::new(usize::MAX / 2, 1).unwrap_err(),
+            Error::NoMem
+        );
+        let l = OwnedFreeList::new(3, 7).unwrap();
+        assert_eq!((l.list().nr_cpus(), l.list().capacity()), (3, 7));
+    }
+
+    #[test]
+    fn max_elems_matches_head_width() {
+        match HEAD_INDEX_BITS {
+            32 => assert_eq!(MAX_ELEMS, u32::MAX - 1),
+            16 => {
+                assert_eq!(MAX_ELEMS, 65534);
+                assert_eq!(OwnedFreeList::new(1, 65535).unwrap_err(), Error::TooBig);
+                let l = OwnedFreeList::new_populated(2, 65534).unwrap();
+                assert_eq!(l.list().pop(1), Some(65533));
+            }
+            bits => panic!("unexpected index width {bits}"),
+        }
+        assert_eq!(pack(5, 7), (5 << HEAD_INDEX_BITS) | 7);
+        assert_eq!(index_of(pack(5, EMPTY)), EMPTY);
+        assert_eq!(tag_of(pack(5, EMPTY)), 5);
+        // The tag wraps: bumping the largest tag gives tag 0, index intact.
+        assert_eq!(tag_of(pack(INDEX_MASK, 3)), INDEX_MASK);
+        assert_eq!(pack(INDEX_MASK.wrapping_add(1), 3), pack(0, 3));
+        assert_eq!(pack(INDEX_MASK + 1, 3), pack(0, 3));
+    }
+
+    #[test]
+    fn tag_wraps_without_harm() {
+        use core::sync::atomic::Ordering::SeqCst;
+        let l = OwnedFreeList::new_populated(1, 3).unwrap();
+        let list = l.list();
+        let head = &list.heads[0];
+        // Move the tag to its largest value; the next pop wraps it to 0.
+        head.store(pack(INDEX_MASK, index_of(head.load(SeqCst))), SeqCst);
+        assert_eq!(list.pop(0), Some(2));
+        assert_eq!(tag_of(head.load(SeqCst)), 0);
+        list.push(0, 2);
+        assert_eq!(tag_of(head.load(SeqCst)), 0, "push keeps the tag");
+        // A full wrap for real where it is cheap (the 16-bit tag): 2^16
+        // pops bring the tag back to where it started.
+        if HEAD_INDEX_BITS == 16 && !cfg!(miri) {
+            let before = head.load(SeqCst);
+            for _ in 0..1u32 << 16 {
+                let i = list.pop(0).unwrap();
+                list.push(0, i);
+            }
+            assert_eq!(head.load(SeqCst), before);
+        }
+        assert_conserved(list, vec![]);
+    }
+
+    #[test]
+    fn empty_list() {
+        let l = OwnedFreeList::new(4, 8).unwrap();
+        let list = l.list();
+        for cpu in 0..9 {
+            assert_eq!(list.pop(cpu), None);
+        }
+        // Everything is in the creator's hands; hand one over and get it back.
+        list.push(2, 5);
+        assert_eq!(list.pop(0), Some(5));
+        assert_eq!(list.pop(0), None);
+        let zero = OwnedFreeList::new_populated(2, 0).unwrap();
+        assert_eq!(zero.list().pop(1), None);
+        assert_eq!(zero.list().drain_all().count(), 0);
+    }
+
+    #[test]
+    fn lifo_per_cpu() {
+        let l = OwnedFreeList::new(2, 8).unwrap();
+        let list = l.list();
+        for i in [3, 1, 4, 0] {
+            list.push(1, i);
+        }
+        list.push(3, 7); // CPU 3 % 2 = 1
+        assert_eq!(list.pop(1), Some(7));
+        assert_eq!(list.pop(1), Some(0));
+        list.push(1, 0);
+        assert_eq!(list.pop(5), Some(0));
+        assert_eq!(list.pop(1), Some(4));
+        assert_eq!(list.pop(1), Some(1));
+        assert_eq!(list.pop(1), Some(3));
+        assert_eq!(list.pop(1), None);
+    }
+
+    #[test]
+    fn steal_round_robin() {
+        // One element on each CPU; a pop from CPU c takes c's, then c+1's...
+        let l = OwnedFreeList::new(4, 4).unwrap();
+        let list = l.list();
+        for c in 0..4 {
+            list.push(c, c as u32);
+        }
+        assert_eq!(list.pop(2), Some(2));
+        assert_eq!(list.pop(2), Some(3));
+        assert_eq!(list.pop(2), Some(0));
+        assert_eq!(list.pop(2), Some(1));
+        assert_eq!(list.pop(2), None);
+        // Stealing starts at cpu + 1 and wraps, skipping empty CPUs.
+        list.push(0, 0);
+        list.push(1, 1);
+        assert_eq!(list.pop(7), Some(0)); // 7 % 4 = 3: empty, wraps to 0
+        assert_eq!(list.pop(3), Some(1));
+    }
+
+    #[test]
+    fn populate_like_the_kernel() {
+        let cases: &[(usize, u32)] = if cfg!(miri) {
+            &[(1, 3), (3, 7), (4, 2), (2, 0)]
+        } else {
+            &[
+                (1, 1),
+                (1, 10),
+                (2, 7),
+                (3, 7),
+                (3, 9),
+                (4, 2),
+                (7, 100),
+                (8, 1000),
+                (5, 0),
+            ]
+        };
+        for &(nr_cpus, n) in cases {
+            let l = OwnedFreeList::new_populated(nr_cpus, n).unwrap();
+            assert_eq!(
+                stacks(l.list()),
+                kernel_populate(nr_cpus, n),
+                "{nr_cpus} cpus, {n}"
+            );
+            // populate resets: run it again on the (now empty) list.
+            l.list().populate();
+            assert_conserved(l.list(), vec![]);
+        }
+        // The first pop on a CPU gets the top of its range, as in the kernel.
+        let l = OwnedFreeList::new_populated(3, 7).unwrap();
+        assert_eq!(l.list().pop(0), Some(2));
+        assert_eq!(l.list().pop(1), Some(4));
+        assert_eq!(l.list().pop(2), Some(6));
+    }
+
+    #[test]
+    fn borrowed_memory() {
+        let heads = [new_head(), new_head()];
+        let links: [AtomicU32; 5] = core::array::from_fn(|_| new_link());
+        let list = FreeList::new(&heads, &links);
+        list.populate();
+        assert_eq!(list.pop(1), Some(4));
+        // A second view over the same memory shares the state.
+        let again = FreeList::new(&heads, &links);
+        assert_eq!(again.pop(1), Some(3));
+        assert_conserved(list, vec![4, 3]);
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "out of range"))]
+    fn push_out_of_range_is_ignored() {
+        let l = OwnedFreeList::new_populated(2, 3).unwrap();
+        l.list().push(0, 3);
+        l.list().push(0, EMPTY);
+        assert_conserved(l.list(), vec![]);
+    }
+
+    /// Tiny xorshift: no rand dependency, deterministic per seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// `threads` threads do `total_pairs` pop/push pairs between them on
+    /// random CPUs, each holding up to a few indices at a time; a shared
+    /// "held" bit per index catches any index popped twice without a push
+    /// in between. At the end every index must be on the list exactly once.
+    fn stress(threads: usize, total_pairs: usize, nr_cpus: usize, n: u32) {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let owned = Arc::new(OwnedFreeList::new_populated(nr_cpus, n).unwrap());
+        let held: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        let per_thread = total_pairs / threads;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (owned, held) = (owned.clone(), held.clone());
+                thread::spawn(move || {
+                    let list = owned.list();
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
+                    let mut hand: Vec<u32> = Vec::new();
+                    let mut misses = 0usize;
+                    for _ in 0..per_thread {
+                        match list.pop(rng.below(2 * nr_cpus)) {
+                            Some(i) => {
+                                assert!(!held[i as usize].swap(true, SeqCst), "{i} popped twice");
+                                hand.push(i);
+                            }
+                            None => misses += 1,
+                        }
+                        // Push one back (a random one), keeping 0..=3 in hand.
+                        if !hand.is_empty() && (hand.len() > 3 || rng.next() & 1 == 0) {
+                            let i = hand.swap_remove(rng.below(hand.len()));
+                            held[i as usize].store(false, SeqCst);
+                            list.push(rng.below(2 * nr_cpus), i);
+                        }
+                    }
+                    for i in hand.drain(..) {
+                        held[i as usize].store(false, SeqCst);
+                        list.push(rng.below(nr_cpus), i);
+                    }
+                    misses
+                })
+            })
+            .collect();
+        let misses: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_conserved(owned.list(), vec![]);
+        // Empty pops are legal (everything may be in other hands) but rare.
+        assert!(misses <= total_pairs, "{misses}");
+    }
+
+    /// 2..=8 threads, 1,000,000 pop/push pairs in total per run (under Miri:
+    /// 2..=3 threads, 300 pairs).
+    #[test]
+    fn stress_conservation() {
+        let (threads, pairs) = if cfg!(miri) {
+            (2..=3, 300)
+        } else {
+            (2..=8, 1_000_000)
+        };
+        for t in threads {
+            // Few elements over few CPUs: lots of contention and stealing.
+            stress(t, pairs, 3, 2 * t as u32 + 1);
+        }
     }
 }

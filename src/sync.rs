@@ -14,6 +14,10 @@
 //! an [`AtomicU32`] holding a 16-bit index and a 16-bit tag, which caps a
 //! map at [`HEAD_INDEX_MAX`] elements there. The choice is a type alias, as
 //! crossbeam-epoch does with `cfg(target_has_atomic = "64")`.
+//!
+//! `RUSTFLAGS="--cfg kstackmap_head32"` forces the narrow head on any
+//! target, so the fallback's unit tests and loom models run on a 64-bit
+//! host too (scripts/test does so for the freelist).
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
@@ -21,30 +25,32 @@ pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
 pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
 
 #[cfg(all(not(loom), target_has_atomic = "64"))]
+#[cfg_attr(kstackmap_head32, allow(unused_imports))]
 pub(crate) use core::sync::atomic::AtomicU64;
 #[cfg(all(loom, target_has_atomic = "64"))]
+#[cfg_attr(kstackmap_head32, allow(unused_imports))]
 pub(crate) use loom::sync::atomic::AtomicU64;
 
 /// The atomic word that holds a freelist head: `{tag, index}` packed.
-#[cfg(target_has_atomic = "64")]
+#[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
 pub(crate) type HeadAtomic = AtomicU64;
 /// The plain integer behind [`HeadAtomic`].
-#[cfg(target_has_atomic = "64")]
+#[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
 pub(crate) type HeadWord = u64;
 /// Bits of a head word that hold the index (the low half); the tag is the
 /// high half.
-#[cfg(target_has_atomic = "64")]
+#[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
 pub(crate) const HEAD_INDEX_BITS: u32 = 32;
 
 /// The atomic word that holds a freelist head: `{tag, index}` packed.
-#[cfg(not(target_has_atomic = "64"))]
+#[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) type HeadAtomic = AtomicU32;
 /// The plain integer behind [`HeadAtomic`].
-#[cfg(not(target_has_atomic = "64"))]
+#[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) type HeadWord = u32;
 /// Bits of a head word that hold the index (the low half); the tag is the
 /// high half.
-#[cfg(not(target_has_atomic = "64"))]
+#[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) const HEAD_INDEX_BITS: u32 = 16;
 
 /// The largest number of elements a freelist (and so a map) can hold on
@@ -54,6 +60,7 @@ pub const HEAD_INDEX_MAX: u32 = ((1u64 << HEAD_INDEX_BITS) - 2) as u32;
 /// Tell the CPU (or loom's scheduler) that this thread is spinning on a
 /// value another thread will change.
 #[inline]
+#[allow(dead_code)] // for the map's retry loops; the freelist never spins
 pub(crate) fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();

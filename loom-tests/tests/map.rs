@@ -251,3 +251,33 @@ fn compare_vs_replace() {
         assert_eq!(audit(map), (1, 1));
     });
 }
+
+/// The bucket re-check: a slot read through bucket X that is recycled
+/// into bucket Y meanwhile must not be reported as X's stack, even when
+/// the reader sees one whole, stable version of it.
+#[test]
+fn read_vs_move_to_other_bucket() {
+    let a = [0x10u64, 0x20];
+    let x = trace_hash(&a) & 1;
+    let c = (0x30u64..)
+        .map(|v| [v, v + 1])
+        .find(|s| trace_hash(s) & 1 != x)
+        .unwrap();
+    model("read_vs_move_to_other_bucket", move || {
+        let map = Arc::new(small_map());
+        map.get_stackid(0, &a, 0).unwrap();
+        // Delete frees a's slot; the insert of c pops it again (LIFO) and
+        // publishes it in the other bucket.
+        let mover = move |m: &StackMap| {
+            assert_eq!(m.delete(x), Ok(()));
+            assert_eq!(m.get_stackid(0, &c, 0), Ok(x ^ 1));
+        };
+        let ((), seen) = race(&map, mover, move |m| read(m, x));
+        assert!(
+            seen == Ok(a) || seen == Err(Error::NoEnt),
+            "bucket {x} read as {seen:?}"
+        );
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
+    });
+}
