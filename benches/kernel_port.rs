@@ -89,22 +89,16 @@ impl KernelPort {
         map
     }
 
-    /// `pcpu_freelist_populate`: `nr / nr_cpus + 1` elements per CPU, in
-    /// address order.
+    /// `pcpu_freelist_populate`: `nr / nr_cpus` elements per CPU, the first
+    /// `nr % nr_cpus` CPUs one more, in address order.
     fn populate(&self, nr: u32) {
         let cpus = self.heads.len() as u32;
-        let per_cpu = nr / cpus + 1;
+        let (n, m) = (nr / cpus, nr % cpus);
         let mut i = 0;
-        'outer: for cpu in 0..cpus as usize {
-            loop {
-                self.push(cpu, i);
+        for cpu in 0..cpus {
+            for _ in 0..n + u32::from(cpu < m) {
+                self.push(cpu as usize, i);
                 i += 1;
-                if i == nr {
-                    break 'outer;
-                }
-                if i % per_cpu == 0 {
-                    break;
-                }
             }
         }
     }
