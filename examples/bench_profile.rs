@@ -97,6 +97,51 @@ fn timed_loop_jhash(pool: &[Vec<u64>], seq: &[u32], ops: usize) {
     }
 }
 
+/// `StackMap` over caller memory that transparent huge pages back
+/// (2 MiB-aligned, `madvise(MADV_HUGEPAGE)`): what the element footprint
+/// costs in TLB misses.
+struct ThpStackMap(kstackmap::StackMap);
+
+impl peers::StackIdMap for ThpStackMap {
+    fn create(p: &Params) -> Self {
+        const HUGE: usize = 2 << 20;
+        let attr = kstackmap::MapAttr {
+            max_entries: p.max_entries,
+            key_size: 4,
+            value_size: p.value_size,
+            map_flags: 0,
+            numa_node: 0,
+        };
+        let cfg = kstackmap::Config {
+            nr_cpus: p.nr_cpus,
+            max_stack: 127,
+        };
+        let size = kstackmap::StackMap::storage_size(&attr, cfg).expect("attr");
+        let size = size.div_ceil(HUGE) * HUGE;
+        let layout = std::alloc::Layout::from_size_align(size, HUGE).expect("layout");
+        // SAFETY: a non-zero size; the block is leaked (the map lives as
+        // long as the process), madvise only advises on memory we own.
+        let mem = unsafe {
+            let ptr = std::alloc::alloc(layout);
+            assert!(!ptr.is_null());
+            libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE);
+            std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), size)
+        };
+        ThpStackMap(kstackmap::StackMap::new_in(&attr, cfg, mem).expect("new_in"))
+    }
+    fn get_stackid(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+    ) -> Result<u32, kstackmap::Error> {
+        self.0.get_stackid(cpu, callchain, flags)
+    }
+    fn lookup(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), kstackmap::Error> {
+        self.0.lookup(id, value)
+    }
+}
+
 fn run<P: Peer>(workload: &str, ops: usize) {
     let nb = params().n_buckets();
     let map = P::build(&params());
@@ -145,6 +190,7 @@ fn main() {
     match peer {
         "kstackmap" => run::<StackMapPeer<KStackMap>>(workload, ops),
         "kernel" => run::<StackMapPeer<KernelPort>>(workload, ops),
+        "kstackmap-thp" => run::<StackMapPeer<ThpStackMap>>(workload, ops),
         "mutex" => run::<MutexHashMap>(workload, ops),
         "dashmap" => run::<DashMapPeer>(workload, ops),
         "papaya" => run::<PapayaPeer>(workload, ops),
