@@ -20,6 +20,10 @@
 //! - `mix`: a pool of 10,000 stacks of depth 5..=64, Zipf(1.0) over the
 //!   pool, `BPF_F_REUSE_STACKID`, map of 16,384 entries.
 //!
+//! Peers run back to back for each (workload, threads) cell, so the cells
+//! compared in one row are measured close together in time (the machine's
+//! load drifts).
+//!
 //! Multi-threaded timing: `iter_custom` runs `iters` ops on each of the
 //! threads (started together at a barrier) and reports wall time /
 //! threads, so every number is aggregate ns per op: the inverse of total
@@ -136,10 +140,10 @@ fn sequences(threads: usize, seed: u64, draw: impl Fn(&mut Rng) -> Vec<u32>) -> 
 
 // ---------------------------------------------------------------- hit path
 
-fn hit_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>]) {
+fn hit_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>], threads: usize) {
     let mut group = c.benchmark_group("hit");
     group.throughput(Throughput::Elements(1));
-    for threads in THREADS {
+    {
         let p = params();
         let map = P::build(&p);
         for (i, s) in pool.iter().enumerate() {
@@ -166,14 +170,14 @@ fn hit_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>]) {
     group.finish();
 }
 
-fn hit_floor(c: &mut Criterion, pool: &[Vec<u64>]) {
+fn hit_floor(c: &mut Criterion, pool: &[Vec<u64>], threads: usize) {
     let mut group = c.benchmark_group("hit");
     group.throughput(Throughput::Elements(1));
     let floor = Floor::build(&params(), pool);
     for s in pool {
         assert!(floor.hit(s).is_some());
     }
-    for threads in THREADS {
+    {
         let seqs = sequences(threads, 1, |r| {
             workload::uniform_sequence(r, pool.len(), SEQ_LEN)
         });
@@ -199,12 +203,14 @@ fn hit_floor(c: &mut Criterion, pool: &[Vec<u64>]) {
 fn bench_hit(c: &mut Criterion) {
     let p = params();
     let pool = workload::distinct_id_pool(&mut Rng::new(7), HIT_STACKS, DEPTH, p.n_buckets());
-    hit_floor(c, &pool);
-    hit_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool);
-    hit_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool);
-    hit_peer::<MutexHashMap>(c, "mutex", &pool);
-    hit_peer::<DashMapPeer>(c, "dashmap", &pool);
-    hit_peer::<PapayaPeer>(c, "papaya", &pool);
+    for threads in THREADS {
+        hit_floor(c, &pool, threads);
+        hit_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        hit_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
+        hit_peer::<MutexHashMap>(c, "mutex", &pool, threads);
+        hit_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
+        hit_peer::<PapayaPeer>(c, "papaya", &pool, threads);
+    }
 }
 
 // ------------------------------------------------------------------- churn
@@ -226,10 +232,15 @@ fn churn_op<P: Peer>(map: &P, cpu: usize, pair: &(Vec<u64>, Vec<u64>), round: u6
     black_box(map.replace(cpu, old, black_box(new)));
 }
 
-fn churn_peer<P: Peer>(c: &mut Criterion, name: &str, pairs: &[(Vec<u64>, Vec<u64>)]) {
+fn churn_peer<P: Peer>(
+    c: &mut Criterion,
+    name: &str,
+    pairs: &[(Vec<u64>, Vec<u64>)],
+    threads: usize,
+) {
     let mut group = c.benchmark_group("churn");
     group.throughput(Throughput::Elements(1));
-    for threads in THREADS {
+    {
         let p = params();
         let map = P::build(&p);
         for (i, pair) in pairs.iter().enumerate() {
@@ -259,16 +270,23 @@ fn churn_peer<P: Peer>(c: &mut Criterion, name: &str, pairs: &[(Vec<u64>, Vec<u6
 fn bench_churn(c: &mut Criterion) {
     let p = params();
     let pairs = workload::colliding_pairs(&mut Rng::new(11), CHURN_PAIRS, DEPTH, p.n_buckets());
-    churn_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs);
-    churn_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs);
-    churn_peer::<MutexHashMap>(c, "mutex", &pairs);
-    churn_peer::<DashMapPeer>(c, "dashmap", &pairs);
-    churn_peer::<PapayaPeer>(c, "papaya", &pairs);
+    for threads in THREADS {
+        churn_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs, threads);
+        churn_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs, threads);
+        churn_peer::<MutexHashMap>(c, "mutex", &pairs, threads);
+        churn_peer::<DashMapPeer>(c, "dashmap", &pairs, threads);
+        churn_peer::<PapayaPeer>(c, "papaya", &pairs, threads);
+    }
 }
 
 // ------------------------------------------------------------------ lookup
 
-fn lookup_peer<P: Peer>(c: &mut Criterion, name: &str, pairs: &[(Vec<u64>, Vec<u64>)]) {
+fn lookup_peer<P: Peer>(
+    c: &mut Criterion,
+    name: &str,
+    pairs: &[(Vec<u64>, Vec<u64>)],
+    threads: usize,
+) {
     let mut group = c.benchmark_group("lookup");
     group.throughput(Throughput::Elements(1));
     let p = params();
@@ -277,7 +295,7 @@ fn lookup_peer<P: Peer>(c: &mut Criterion, name: &str, pairs: &[(Vec<u64>, Vec<u
         .iter()
         .map(|(a, _)| workload::id_of(a, n_buckets))
         .collect();
-    for threads in THREADS {
+    {
         let map = P::build(&p);
         for (i, pair) in pairs.iter().enumerate() {
             map.mix(i % p.nr_cpus, &pair.1);
@@ -320,20 +338,22 @@ fn lookup_peer<P: Peer>(c: &mut Criterion, name: &str, pairs: &[(Vec<u64>, Vec<u
 fn bench_lookup(c: &mut Criterion) {
     let p = params();
     let pairs = workload::colliding_pairs(&mut Rng::new(13), CHURN_PAIRS, DEPTH, p.n_buckets());
-    lookup_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs);
-    lookup_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs);
-    lookup_peer::<MutexHashMap>(c, "mutex", &pairs);
-    lookup_peer::<DashMapPeer>(c, "dashmap", &pairs);
-    lookup_peer::<PapayaPeer>(c, "papaya", &pairs);
+    for threads in THREADS {
+        lookup_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs, threads);
+        lookup_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs, threads);
+        lookup_peer::<MutexHashMap>(c, "mutex", &pairs, threads);
+        lookup_peer::<DashMapPeer>(c, "dashmap", &pairs, threads);
+        lookup_peer::<PapayaPeer>(c, "papaya", &pairs, threads);
+    }
 }
 
 // --------------------------------------------------------------------- mix
 
-fn mix_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>]) {
+fn mix_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>], threads: usize) {
     let mut group = c.benchmark_group("mix");
     group.throughput(Throughput::Elements(1));
     let p = params();
-    for threads in THREADS {
+    {
         let map = P::build(&p);
         let seqs = sequences(threads, 5, |r| {
             workload::zipf_sequence(r, pool.len(), ZIPF_S, SEQ_LEN)
@@ -359,11 +379,13 @@ fn mix_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>]) {
 
 fn bench_mix(c: &mut Criterion) {
     let pool = workload::mixed_depth_pool(&mut Rng::new(17), MIX_POOL, 5, 64);
-    mix_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool);
-    mix_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool);
-    mix_peer::<MutexHashMap>(c, "mutex", &pool);
-    mix_peer::<DashMapPeer>(c, "dashmap", &pool);
-    mix_peer::<PapayaPeer>(c, "papaya", &pool);
+    for threads in THREADS {
+        mix_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        mix_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
+        mix_peer::<MutexHashMap>(c, "mutex", &pool, threads);
+        mix_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
+        mix_peer::<PapayaPeer>(c, "papaya", &pool, threads);
+    }
 }
 
 fn config() -> Criterion {
