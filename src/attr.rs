@@ -25,7 +25,8 @@ pub struct MapAttr {
     /// `BPF_F_NUMA_NODE | BPF_F_RDONLY | BPF_F_WRONLY | BPF_F_STACK_BUILD_ID`.
     pub map_flags: u32,
     /// NUMA node, read only with `BPF_F_NUMA_NODE`. The crate models a
-    /// machine with one node, so only node 0 is accepted then.
+    /// machine with one node, so only node 0 and `u32::MAX` (the kernel's
+    /// `NUMA_NO_NODE`, -1: any node) are accepted then.
     pub numa_node: u32,
 }
 
@@ -63,6 +64,9 @@ impl Default for Config {
     }
 }
 
+/// `NUMA_NO_NODE` (-1 as the kernel's `int`): with `BPF_F_NUMA_NODE`, "any node".
+const NUMA_NO_NODE: u32 = u32::MAX;
+
 /// What a valid [`MapAttr`] and [`Config`] imply; computed once at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -86,7 +90,12 @@ impl Geometry {
         if attr.map_flags & BPF_F_RDONLY != 0 && attr.map_flags & BPF_F_WRONLY != 0 {
             return Err(Error::Inval);
         }
-        if attr.map_flags & BPF_F_NUMA_NODE != 0 && attr.numa_node != 0 {
+        // The kernel reads the node as an int: -1 is NUMA_NO_NODE ("any
+        // node") and accepted; any other node but 0 is offline here.
+        if attr.map_flags & BPF_F_NUMA_NODE != 0
+            && attr.numa_node != 0
+            && attr.numa_node != NUMA_NO_NODE
+        {
             return Err(Error::Inval);
         }
         if cfg.nr_cpus == 0 {
@@ -189,6 +198,12 @@ mod tests {
             ..a(4, BPF_F_NUMA_NODE)
         };
         assert_eq!(g(numa), Err(Error::Inval));
+        // NUMA_NO_NODE (-1) is "any node" to the kernel: accepted.
+        let any = MapAttr {
+            numa_node: u32::MAX,
+            ..a(4, BPF_F_NUMA_NODE)
+        };
+        assert!(g(any).is_ok());
         let cfg = Config {
             nr_cpus: 0,
             ..Config::default()

@@ -169,11 +169,17 @@ impl<'m> Elem<'m> {
 
     fn eq_ips(&self, ips: &[u64]) -> bool {
         let data = self.data();
-        data.len() >= ips.len() * 2
-            && data.chunks_exact(2).zip(ips).all(|(w, &ip)| {
-                let [lo, hi] = ip_words(ip);
-                w[0].load(Ordering::Relaxed) == lo && w[1].load(Ordering::Relaxed) == hi
-            })
+        // No early exit: a mismatch is nearly always caught by the hash
+        // first, and the branch-free loop is shorter.
+        let Some(data) = data.get(..ips.len() * 2) else {
+            return false;
+        };
+        let mut diff = 0;
+        for (w, &ip) in data.chunks_exact(2).zip(ips) {
+            let [lo, hi] = ip_words(ip);
+            diff |= (w[0].load(Ordering::Relaxed) ^ lo) | (w[1].load(Ordering::Relaxed) ^ hi);
+        }
+        diff == 0
     }
 
     fn eq_words(&self, other: &Elem<'_>, n: usize) -> bool {
@@ -602,9 +608,9 @@ impl<'a> StackMapIn<'a> {
         let nr = (e.word(NR) as usize).min(self.geo.value_frames as usize);
         let len = nr * self.geo.frame_size as usize;
         let (head, tail) = value.split_at_mut(len.min(value.len()));
-        for (chunk, w) in head.chunks_mut(4).zip(e.data()) {
-            let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
-            chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or(&bytes));
+        // len is a multiple of 8 (frame sizes are), so no remainder.
+        for (chunk, w) in head.chunks_exact_mut(4).zip(e.data()) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         tail.fill(0);
         nr

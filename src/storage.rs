@@ -96,11 +96,19 @@ impl Layout {
 }
 
 /// The four arrays, initialised, borrowed from a block that outlives `'a`.
+///
+/// # Invariants
+///
+/// Each slice and its `raw_*` twin cover the same initialised elements;
+/// the raw pointers come from the block's own pointer (not from the
+/// shared slices), so `drop_in_place` may use them for the destructors.
 pub(crate) struct Region<'a> {
     pub heads: &'a [Head],
     pub links: &'a [AtomicU32],
     pub buckets: &'a [AtomicU32],
     pub elems: &'a [AtomicU32],
+    raw_heads: *mut [Head],
+    raw_words: [*mut [AtomicU32]; 3],
 }
 
 impl<'a> Region<'a> {
@@ -112,61 +120,69 @@ impl<'a> Region<'a> {
     /// `layout.size` bytes for `'a`, and nothing else accesses those bytes
     /// during `'a` except through the returned region.
     pub unsafe fn init(base: *mut u8, g: &Geometry, layout: &Layout) -> Region<'a> {
+        let word = || AtomicU32::new(0);
+        let n_elem_words = g.attr.max_entries as usize * layout.elem_words;
         // SAFETY (all four calls): the offsets come from `layout`, which
         // places each array inside the block, suitably aligned (heads at
         // offset 0 of an ALIGN-aligned base; words at multiples of 4 after
         // arrays whose sizes are multiples of 4); the caller gives us the
         // block exclusively for 'a.
+        let (raw_heads, links, buckets, elems) = unsafe {
+            (
+                init_slice(base, g.nr_cpus, freelist::new_head),
+                init_slice(base.add(layout.links), g.attr.max_entries as usize, word),
+                init_slice(base.add(layout.buckets), g.n_buckets as usize, word),
+                init_slice(base.add(layout.elems), n_elem_words, word),
+            )
+        };
+        // SAFETY: each pointer covers initialised elements in the block we
+        // hold for 'a; from now on they are only read through these shared
+        // slices (atomics: interior mutability), until `drop_in_place`.
         unsafe {
             Region {
-                heads: init_slice(base, g.nr_cpus, freelist::new_head),
-                links: init_slice(base.add(layout.links), g.attr.max_entries as usize, || {
-                    AtomicU32::new(0)
-                }),
-                buckets: init_slice(base.add(layout.buckets), g.n_buckets as usize, || {
-                    AtomicU32::new(0)
-                }),
-                elems: init_slice(
-                    base.add(layout.elems),
-                    g.attr.max_entries as usize * layout.elem_words,
-                    || AtomicU32::new(0),
-                ),
+                heads: &*raw_heads,
+                links: &*links,
+                buckets: &*buckets,
+                elems: &*elems,
+                raw_heads,
+                raw_words: [links, buckets, elems],
             }
         }
     }
 
-    /// Runs the destructors of every atomic (no-ops, except under loom).
+    /// Runs the destructors of every atomic (there are none, except under
+    /// loom, whose atomics register with the model).
     ///
     /// # Safety
     ///
     /// The region is not used again.
     pub unsafe fn drop_in_place(&mut self) {
-        // SAFETY: the slices were written by `init` and are dropped once,
-        // by the caller's promise; the memory itself is not freed here.
-        unsafe {
-            core::ptr::drop_in_place(self.heads as *const [Head] as *mut [Head]);
-            core::ptr::drop_in_place(self.links as *const [AtomicU32] as *mut [AtomicU32]);
-            core::ptr::drop_in_place(self.buckets as *const [AtomicU32] as *mut [AtomicU32]);
-            core::ptr::drop_in_place(self.elems as *const [AtomicU32] as *mut [AtomicU32]);
+        if core::mem::needs_drop::<Head>() {
+            // SAFETY: initialised by `init`, dropped once (caller's promise),
+            // through the block's own pointer; the shared slices are dead.
+            unsafe { core::ptr::drop_in_place(self.raw_heads) };
+        }
+        if core::mem::needs_drop::<AtomicU32>() {
+            for raw in self.raw_words {
+                // SAFETY: as above.
+                unsafe { core::ptr::drop_in_place(raw) };
+            }
         }
     }
 }
 
-/// Writes `n` values made by `make` at `at` and borrows them as a slice.
+/// Writes `n` values made by `make` at `at`; returns the initialised slice.
 ///
 /// # Safety
 ///
-/// `at` is aligned for `T` and valid for writes of `n` `T`s for `'a`,
-/// exclusively.
-unsafe fn init_slice<'a, T>(at: *mut u8, n: usize, make: impl Fn() -> T) -> &'a [T] {
+/// `at` is aligned for `T` and valid for writes of `n` `T`s, exclusively.
+unsafe fn init_slice<T>(at: *mut u8, n: usize, make: impl Fn() -> T) -> *mut [T] {
     let at = at.cast::<T>();
     for i in 0..n {
         // SAFETY: `i < n`, inside the caller's block; aligned by contract.
         unsafe { at.add(i).write(make()) };
     }
-    // SAFETY: all `n` elements were just initialised; the block is ours
-    // for 'a and from now on is only reached through this shared slice.
-    unsafe { core::slice::from_raw_parts(at, n) }
+    core::ptr::slice_from_raw_parts_mut(at, n)
 }
 
 /// Memory for one map in a `static`, for code with no allocator.
