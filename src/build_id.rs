@@ -33,7 +33,7 @@ pub struct Vma {
 /// Resolves instruction addresses to mappings, for build-id maps.
 ///
 /// Implementations must not block if the map is used from a context that
-/// cannot block; [`ProcMaps`](crate::ProcMaps) (feature `std`) is the one
+/// cannot block; `ProcMaps` (feature `std`) is the one
 /// for user-space profilers.
 ///
 /// To give the kernel's answers, an implementation follows

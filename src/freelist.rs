@@ -88,7 +88,7 @@
 //! targets) a head is an `AtomicU32`: index in the low 16 bits, tag in the
 //! high 16, so a list holds at most 65,534 elements there and larger lists
 //! are refused ([`Error::TooBig`](crate::Error::TooBig) from
-//! [`OwnedFreeList::new`]). The all-ones index value is `EMPTY` in both.
+//! `OwnedFreeList::new` (feature `alloc`)). The all-ones index value is `EMPTY` in both.
 //! `RUSTFLAGS="--cfg kstackmap_head32"` selects the narrow head on any
 //! target, so its tests (and loom models) also run on 64-bit hosts.
 //!
@@ -189,7 +189,7 @@ pub fn new_link() -> AtomicU32 {
 /// - `links.len() <= MAX_ELEMS`, so every valid index is below `EMPTY`.
 /// - Every head's index field is `EMPTY` or an index below `links.len()`,
 ///   and so is every link reachable from a head (as long as every view over
-///   the same heads uses the same links, which [`OwnedFreeList`] ensures).
+///   the same heads uses the same links, which `OwnedFreeList` ensures).
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList<'a> {
     /// One stack head per CPU.

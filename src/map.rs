@@ -77,7 +77,7 @@ const NR: usize = 2;
 ///
 /// # Invariants
 ///
-/// `region` was initialised for `geo` by [`Region::init`] and stays valid
+/// `region` was initialised for `geo` by `Region::init` and stays valid
 /// and unaliased for `'a` (or until `Drop`, when `owned` is set).
 pub struct StackMapIn<'a> {
     geo: Geometry,
@@ -236,7 +236,7 @@ impl StackMapIn<'static> {
 
 impl<'a> StackMapIn<'a> {
     /// Bytes of memory [`new_in`](StackMapIn::new_in) needs for this map,
-    /// alignment slack included; errors as for [`StackMap::with_config`].
+    /// alignment slack included; errors as for `StackMap::with_config`.
     pub fn storage_size(attr: &MapAttr, cfg: Config) -> Result<usize, Error> {
         let geo = Geometry::new(attr, &cfg)?;
         Ok(Layout::new(&geo)?.storage_size())
