@@ -1,0 +1,404 @@
+//! kstackmap against its peers, every peer in this process on the same
+//! workload. Run with `cargo bench --bench compare`; turn the results into
+//! one table with `cargo run --release --example bench_report`.
+//!
+//! Peers (see `peers.rs`): `kstackmap` (its `StackMap`, ips map), `kernel`
+//! (a port of the kernel's design with spinlocked per-CPU freelists,
+//! `kernel_port.rs`), `mutex` (`Mutex<HashMap<Vec<u64>, u32>>`), `dashmap`,
+//! `papaya`, and for the hit path the `floor` (one jhash2 + one compare).
+//!
+//! Workloads, each at 1, 2, 4 and 8 threads (this machine has 2 cores: 4
+//! and 8 oversubscribe it, so a lock holder can be preempted):
+//! - `hit`: 4,096 resident stacks of depth 32 with distinct ids, looked up
+//!   in a random order (flags 0).
+//! - `churn`: 2,048 pairs of depth-32 stacks, both of a pair in one
+//!   bucket; each call alternates the pair with `BPF_F_REUSE_STACKID`, so
+//!   every call pops an element, publishes it and pushes the old one (hash
+//!   maps: remove + insert). The pairs are split among the threads.
+//! - `lookup`: N reader threads copy stacks out by id while one extra
+//!   writer thread churns the same buckets; the readers' ops are timed.
+//! - `mix`: a pool of 10,000 stacks of depth 5..=64, Zipf(1.0) over the
+//!   pool, `BPF_F_REUSE_STACKID`, map of 16,384 entries.
+//!
+//! Peers run back to back for each (workload, threads) cell, so the cells
+//! compared in one row are measured close together in time (the machine's
+//! load drifts).
+//!
+//! Multi-threaded timing: `iter_custom` runs `iters` ops on each of the
+//! threads (started together at a barrier) and reports wall time /
+//! threads, so every number is aggregate ns per op: the inverse of total
+//! throughput.
+
+// `criterion_group!` defines a pub fn without docs.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+mod kernel_port;
+mod peers;
+mod workload;
+
+use kernel_port::KernelPort;
+use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
+use workload::Rng;
+
+const THREADS: [usize; 4] = [1, 2, 4, 8];
+const MAX_ENTRIES: u32 = 16_384;
+/// 127 ips: the kernel's default `perf_event_max_stack`.
+const VALUE_SIZE: u32 = 127 * 8;
+/// Length of each thread's pre-drawn index sequence (a power of two).
+const SEQ_LEN: usize = 1 << 16;
+const HIT_STACKS: usize = 4_096;
+const CHURN_PAIRS: usize = 2_048;
+const DEPTH: usize = 32;
+const MIX_POOL: usize = 10_000;
+const ZIPF_S: f64 = 1.0;
+
+fn nr_cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn params() -> Params {
+    Params {
+        max_entries: MAX_ENTRIES,
+        value_size: VALUE_SIZE,
+        nr_cpus: nr_cpus(),
+    }
+}
+
+/// Runs `f(thread, iters)` on `threads` threads started together; returns
+/// wall time / threads (aggregate time per op once criterion divides by
+/// `iters`).
+fn run_parallel(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    let mut start = None;
+    thread::scope(|s| {
+        for t in 0..threads {
+            let (barrier, f) = (&barrier, &f);
+            s.spawn(move || {
+                barrier.wait();
+                f(t, iters);
+            });
+        }
+        barrier.wait();
+        start = Some(Instant::now());
+    });
+    start.expect("set in scope").elapsed() / threads as u32
+}
+
+/// Like [`run_parallel`], with `background` running on one more thread
+/// until the timed threads are done (it gets a stop flag).
+fn run_parallel_with(
+    threads: usize,
+    iters: u64,
+    f: impl Fn(usize, u64) + Sync,
+    background: impl Fn(&AtomicBool) + Sync,
+) -> Duration {
+    let barrier = Barrier::new(threads + 2);
+    let stop = AtomicBool::new(false);
+    let mut elapsed = Duration::ZERO;
+    thread::scope(|s| {
+        {
+            let (barrier, stop, background) = (&barrier, &stop, &background);
+            s.spawn(move || {
+                barrier.wait();
+                background(stop);
+            });
+        }
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, f) = (&barrier, &f);
+                s.spawn(move || {
+                    barrier.wait();
+                    f(t, iters);
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for h in handles {
+            h.join().expect("reader thread");
+        }
+        elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+    });
+    elapsed / threads as u32
+}
+
+/// Per-thread pre-drawn index sequences.
+fn sequences(threads: usize, seed: u64, draw: impl Fn(&mut Rng) -> Vec<u32>) -> Vec<Vec<u32>> {
+    (0..threads)
+        .map(|t| draw(&mut Rng::new(seed ^ ((t as u64 + 1) * 0x1234_5678_9abc))))
+        .collect()
+}
+
+// ---------------------------------------------------------------- hit path
+
+fn hit_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>], threads: usize) {
+    let mut group = c.benchmark_group("hit");
+    group.throughput(Throughput::Elements(1));
+    {
+        let p = params();
+        let map = P::build(&p);
+        for (i, s) in pool.iter().enumerate() {
+            map.mix(i % p.nr_cpus, s);
+        }
+        for s in pool {
+            assert!(map.hit(0, s).is_some(), "{name}: pool stack not resident");
+        }
+        let seqs = sequences(threads, 1, |r| {
+            workload::uniform_sequence(r, pool.len(), SEQ_LEN)
+        });
+        group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| {
+                run_parallel(threads, iters, |t, iters| {
+                    let (seq, cpu) = (&seqs[t], t % p.nr_cpus);
+                    for i in 0..iters as usize {
+                        let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                        black_box(map.hit(cpu, black_box(s)));
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn hit_floor(c: &mut Criterion, pool: &[Vec<u64>], threads: usize) {
+    let mut group = c.benchmark_group("hit");
+    group.throughput(Throughput::Elements(1));
+    let floor = Floor::build(&params(), pool);
+    for s in pool {
+        assert!(floor.hit(s).is_some());
+    }
+    {
+        let seqs = sequences(threads, 1, |r| {
+            workload::uniform_sequence(r, pool.len(), SEQ_LEN)
+        });
+        group.bench_with_input(
+            BenchmarkId::new("floor", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    run_parallel(threads, iters, |t, iters| {
+                        let seq = &seqs[t];
+                        for i in 0..iters as usize {
+                            let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                            black_box(floor.hit(black_box(s)));
+                        }
+                    })
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn bench_hit(c: &mut Criterion) {
+    let p = params();
+    let pool = workload::distinct_id_pool(&mut Rng::new(7), HIT_STACKS, DEPTH, p.n_buckets());
+    for threads in THREADS {
+        hit_floor(c, &pool, threads);
+        hit_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        hit_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
+        hit_peer::<MutexHashMap>(c, "mutex", &pool, threads);
+        hit_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
+        hit_peer::<PapayaPeer>(c, "papaya", &pool, threads);
+    }
+}
+
+// ------------------------------------------------------------------- churn
+
+/// Thread `t`'s share of the pairs.
+fn share(t: usize, threads: usize, n: usize) -> std::ops::Range<usize> {
+    let per = n / threads;
+    t * per..(t + 1) * per
+}
+
+/// One churn op on pair `k`'s round: `round` even puts A in (B was there).
+#[inline]
+fn churn_op<P: Peer>(map: &P, cpu: usize, pair: &(Vec<u64>, Vec<u64>), round: u64) {
+    let (old, new) = if round & 1 == 0 {
+        (&pair.1, &pair.0)
+    } else {
+        (&pair.0, &pair.1)
+    };
+    black_box(map.replace(cpu, old, black_box(new)));
+}
+
+fn churn_peer<P: Peer>(
+    c: &mut Criterion,
+    name: &str,
+    pairs: &[(Vec<u64>, Vec<u64>)],
+    threads: usize,
+) {
+    let mut group = c.benchmark_group("churn");
+    group.throughput(Throughput::Elements(1));
+    {
+        let p = params();
+        let map = P::build(&p);
+        for (i, pair) in pairs.iter().enumerate() {
+            map.mix(i % p.nr_cpus, &pair.1);
+        }
+        // Each thread's op counter, kept across criterion's calls so the
+        // A/B alternation (and so "every call replaces") never breaks.
+        let pos: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+        group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| {
+                run_parallel(threads, iters, |t, iters| {
+                    let mine = &pairs[share(t, threads, pairs.len())];
+                    let n = mine.len() as u64;
+                    let cpu = t % p.nr_cpus;
+                    let k0 = pos[t].load(Ordering::Relaxed);
+                    for k in k0..k0 + iters {
+                        churn_op(&map, cpu, &mine[(k % n) as usize], k / n);
+                    }
+                    pos[t].store(k0 + iters, Ordering::Relaxed);
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_churn(c: &mut Criterion) {
+    let p = params();
+    let pairs = workload::colliding_pairs(&mut Rng::new(11), CHURN_PAIRS, DEPTH, p.n_buckets());
+    for threads in THREADS {
+        churn_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs, threads);
+        churn_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs, threads);
+        churn_peer::<MutexHashMap>(c, "mutex", &pairs, threads);
+        churn_peer::<DashMapPeer>(c, "dashmap", &pairs, threads);
+        churn_peer::<PapayaPeer>(c, "papaya", &pairs, threads);
+    }
+}
+
+// ------------------------------------------------------------------ lookup
+
+fn lookup_peer<P: Peer>(
+    c: &mut Criterion,
+    name: &str,
+    pairs: &[(Vec<u64>, Vec<u64>)],
+    threads: usize,
+) {
+    let mut group = c.benchmark_group("lookup");
+    group.throughput(Throughput::Elements(1));
+    let p = params();
+    let n_buckets = p.n_buckets();
+    let ids: Vec<u32> = pairs
+        .iter()
+        .map(|(a, _)| workload::id_of(a, n_buckets))
+        .collect();
+    {
+        let map = P::build(&p);
+        for (i, pair) in pairs.iter().enumerate() {
+            map.mix(i % p.nr_cpus, &pair.1);
+        }
+        let seqs = sequences(threads, 3, |r| {
+            workload::uniform_sequence(r, pairs.len(), SEQ_LEN)
+        });
+        let writer_pos = AtomicU64::new(0);
+        group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| {
+                run_parallel_with(
+                    threads,
+                    iters,
+                    |t, iters| {
+                        let (seq, cpu) = (&seqs[t], t % p.nr_cpus);
+                        let mut buf = vec![0u8; VALUE_SIZE as usize];
+                        for i in 0..iters as usize {
+                            let j = seq[i & (SEQ_LEN - 1)] as usize;
+                            let stack = if i & 1 == 0 { &pairs[j].0 } else { &pairs[j].1 };
+                            black_box(map.read(cpu, ids[j], stack, &mut buf));
+                        }
+                    },
+                    |stop| {
+                        let n = pairs.len() as u64;
+                        let cpu = threads % p.nr_cpus;
+                        let mut k = writer_pos.load(Ordering::Relaxed);
+                        while !stop.load(Ordering::Relaxed) {
+                            churn_op(&map, cpu, &pairs[(k % n) as usize], k / n);
+                            k += 1;
+                        }
+                        writer_pos.store(k, Ordering::Relaxed);
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_lookup(c: &mut Criterion) {
+    let p = params();
+    let pairs = workload::colliding_pairs(&mut Rng::new(13), CHURN_PAIRS, DEPTH, p.n_buckets());
+    for threads in THREADS {
+        lookup_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pairs, threads);
+        lookup_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pairs, threads);
+        lookup_peer::<MutexHashMap>(c, "mutex", &pairs, threads);
+        lookup_peer::<DashMapPeer>(c, "dashmap", &pairs, threads);
+        lookup_peer::<PapayaPeer>(c, "papaya", &pairs, threads);
+    }
+}
+
+// --------------------------------------------------------------------- mix
+
+fn mix_peer<P: Peer>(c: &mut Criterion, name: &str, pool: &[Vec<u64>], threads: usize) {
+    let mut group = c.benchmark_group("mix");
+    group.throughput(Throughput::Elements(1));
+    let p = params();
+    {
+        let map = P::build(&p);
+        let seqs = sequences(threads, 5, |r| {
+            workload::zipf_sequence(r, pool.len(), ZIPF_S, SEQ_LEN)
+        });
+        // Warm the map with one pass of thread 0's sequence.
+        for &i in &seqs[0] {
+            map.mix(0, &pool[i as usize]);
+        }
+        group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| {
+                run_parallel(threads, iters, |t, iters| {
+                    let (seq, cpu) = (&seqs[t], t % p.nr_cpus);
+                    for i in 0..iters as usize {
+                        let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                        black_box(map.mix(cpu, black_box(s)));
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_mix(c: &mut Criterion) {
+    let pool = workload::mixed_depth_pool(&mut Rng::new(17), MIX_POOL, 5, 64);
+    for threads in THREADS {
+        mix_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        mix_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
+        mix_peer::<MutexHashMap>(c, "mutex", &pool, threads);
+        mix_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
+        mix_peer::<PapayaPeer>(c, "papaya", &pool, threads);
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_hit, bench_churn, bench_lookup, bench_mix
+}
+criterion_main!(benches);

@@ -1,0 +1,235 @@
+//! One peer, one workload, single-threaded, in a loop: a target for
+//! profilers, whose counts do not depend on the machine's load the way
+//! timings do.
+//!
+//! ```text
+//! cargo build --release --example bench_profile
+//! valgrind --tool=callgrind --toggle-collect='*timed_loop*' \
+//!     target/release/examples/bench_profile hit kstackmap 200000
+//! perf record -e cpu-clock -g target/release/examples/bench_profile mix kstackmap 20000000
+//! ```
+//!
+//! Workloads and peers as in `benches/compare.rs` (whose modules this
+//! example shares); only the ops inside `timed_loop` are the measured part.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+#[path = "../benches/kernel_port.rs"]
+mod kernel_port;
+#[path = "../benches/peers.rs"]
+mod peers;
+#[path = "../benches/workload.rs"]
+mod workload;
+
+use kernel_port::KernelPort;
+use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
+use workload::Rng;
+
+/// The bench's geometry; `VALUE_SIZE=256` in the environment shrinks the
+/// elements (to see what the map's memory footprint costs: TLB, caches).
+fn params() -> Params {
+    Params {
+        max_entries: 16_384,
+        value_size: std::env::var("VALUE_SIZE").map_or(127 * 8, |v| v.parse().expect("VALUE_SIZE")),
+        nr_cpus: 2,
+    }
+}
+const SEQ_LEN: usize = 1 << 16;
+
+enum Op<'a> {
+    Hit(&'a [Vec<u64>], Vec<u32>),
+    Churn(&'a [(Vec<u64>, Vec<u64>)]),
+    Lookup(&'a [(Vec<u64>, Vec<u64>)], Vec<u32>, Vec<u32>),
+    Mix(&'a [Vec<u64>], Vec<u32>),
+}
+
+#[inline(never)]
+fn timed_loop<P: Peer>(map: &P, op: &Op<'_>, ops: usize) {
+    match op {
+        Op::Hit(pool, seq) => {
+            for i in 0..ops {
+                black_box(map.hit(0, black_box(&pool[seq[i & (SEQ_LEN - 1)] as usize])));
+            }
+        }
+        Op::Churn(pairs) => {
+            let n = pairs.len();
+            for k in 0..ops {
+                let pair = &pairs[k % n];
+                let (old, new) = if (k / n) & 1 == 0 {
+                    (&pair.1, &pair.0)
+                } else {
+                    (&pair.0, &pair.1)
+                };
+                black_box(map.replace(0, old, black_box(new)));
+            }
+        }
+        Op::Lookup(pairs, ids, seq) => {
+            let mut buf = vec![0u8; params().value_size as usize];
+            for i in 0..ops {
+                let j = seq[i & (SEQ_LEN - 1)] as usize;
+                black_box(map.read(0, ids[j], &pairs[j].1, &mut buf));
+            }
+        }
+        Op::Mix(pool, seq) => {
+            for i in 0..ops {
+                black_box(map.mix(0, black_box(&pool[seq[i & (SEQ_LEN - 1)] as usize])));
+            }
+        }
+    }
+}
+
+#[inline(never)]
+fn timed_loop_floor(floor: &Floor, pool: &[Vec<u64>], seq: &[u32], ops: usize) {
+    for i in 0..ops {
+        black_box(floor.hit(black_box(&pool[seq[i & (SEQ_LEN - 1)] as usize])));
+    }
+}
+
+/// `trace_hash` alone: the part of the floor every stack-map peer pays.
+#[inline(never)]
+fn timed_loop_jhash(pool: &[Vec<u64>], seq: &[u32], ops: usize) {
+    for i in 0..ops {
+        black_box(kstackmap::trace_hash(black_box(
+            &pool[seq[i & (SEQ_LEN - 1)] as usize],
+        )));
+    }
+}
+
+/// `StackMap` over caller memory that transparent huge pages back
+/// (2 MiB-aligned, `madvise(MADV_HUGEPAGE)`): what the element footprint
+/// costs in TLB misses.
+struct ThpStackMap(kstackmap::StackMap);
+
+impl peers::StackIdMap for ThpStackMap {
+    fn create(p: &Params) -> Self {
+        const HUGE: usize = 2 << 20;
+        let attr = kstackmap::MapAttr {
+            max_entries: p.max_entries,
+            key_size: 4,
+            value_size: p.value_size,
+            map_flags: 0,
+            numa_node: 0,
+        };
+        let cfg = kstackmap::Config {
+            nr_cpus: p.nr_cpus,
+            max_stack: 127,
+        };
+        let size = kstackmap::StackMap::storage_size(&attr, cfg).expect("attr");
+        let size = size.div_ceil(HUGE) * HUGE;
+        let layout = std::alloc::Layout::from_size_align(size, HUGE).expect("layout");
+        // SAFETY: a non-zero size; the block is leaked (the map lives as
+        // long as the process), madvise only advises on memory we own.
+        let mem = unsafe {
+            let ptr = std::alloc::alloc(layout);
+            assert!(!ptr.is_null());
+            libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE);
+            std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), size)
+        };
+        ThpStackMap(kstackmap::StackMap::new_in(&attr, cfg, mem).expect("new_in"))
+    }
+    fn get_stackid(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+    ) -> Result<u32, kstackmap::Error> {
+        self.0.get_stackid(cpu, callchain, flags)
+    }
+    fn lookup(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), kstackmap::Error> {
+        self.0.lookup(id, value)
+    }
+}
+
+fn run<P: Peer>(workload: &str, ops: usize) {
+    let nb = params().n_buckets();
+    let map = P::build(&params());
+    let mut rng = Rng::new(1);
+    match workload {
+        "hit" => {
+            let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, nb);
+            for s in &pool {
+                map.mix(0, s);
+            }
+            let seq = workload::uniform_sequence(&mut rng, pool.len(), SEQ_LEN);
+            timed_loop(&map, &Op::Hit(&pool, seq), ops);
+        }
+        "churn" => {
+            let pairs = workload::colliding_pairs(&mut Rng::new(11), 2_048, 32, nb);
+            for p in &pairs {
+                map.mix(0, &p.1);
+            }
+            timed_loop(&map, &Op::Churn(&pairs), ops);
+        }
+        "lookup" => {
+            let pairs = workload::colliding_pairs(&mut Rng::new(13), 2_048, 32, nb);
+            for p in &pairs {
+                map.mix(0, &p.1);
+            }
+            let ids = pairs.iter().map(|p| workload::id_of(&p.0, nb)).collect();
+            let seq = workload::uniform_sequence(&mut rng, pairs.len(), SEQ_LEN);
+            timed_loop(&map, &Op::Lookup(&pairs, ids, seq), ops);
+        }
+        "mix" => {
+            let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64);
+            let seq = workload::zipf_sequence(&mut rng, pool.len(), 1.0, SEQ_LEN);
+            for &i in &seq {
+                map.mix(0, &pool[i as usize]);
+            }
+            timed_loop(&map, &Op::Mix(&pool, seq), ops);
+        }
+        other => panic!("unknown workload {other}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (workload, peer) = (args[1].as_str(), args[2].as_str());
+    let ops: usize = args.get(3).map_or(1_000_000, |s| s.parse().expect("ops"));
+    match peer {
+        "kstackmap" => run::<StackMapPeer<KStackMap>>(workload, ops),
+        "kernel" => run::<StackMapPeer<KernelPort>>(workload, ops),
+        "kstackmap-thp" => run::<StackMapPeer<ThpStackMap>>(workload, ops),
+        "mutex" => run::<MutexHashMap>(workload, ops),
+        "dashmap" => run::<DashMapPeer>(workload, ops),
+        "papaya" => run::<PapayaPeer>(workload, ops),
+        "floor" => {
+            let pool =
+                workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, params().n_buckets());
+            let floor = Floor::build(&params(), &pool);
+            let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
+            timed_loop_floor(&floor, &pool, &seq, ops);
+        }
+        "stats" => {
+            // How often a mix call replaces a bucket (a miss) rather than hits.
+            let map = StackMapPeer::<KStackMap>::build(&params());
+            let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64);
+            let seq = workload::zipf_sequence(&mut Rng::new(1), pool.len(), 1.0, SEQ_LEN);
+            for &i in &seq {
+                map.mix(0, &pool[i as usize]);
+            }
+            let (mut misses, mut depth) = (0, 0);
+            for i in 0..ops {
+                let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                depth += s.len();
+                if map.hit(0, s).is_none() {
+                    misses += 1;
+                    map.mix(0, s);
+                }
+            }
+            println!(
+                "mix: {:.1}% of calls replace a bucket; mean depth {:.1}",
+                100.0 * misses as f64 / ops as f64,
+                depth as f64 / ops as f64
+            );
+        }
+        "jhash" => {
+            let pool =
+                workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, params().n_buckets());
+            let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
+            timed_loop_jhash(&pool, &seq, ops);
+        }
+        other => panic!("unknown peer {other}"),
+    }
+}
