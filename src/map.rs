@@ -835,3 +835,7 @@ impl core::fmt::Debug for StackMapIn<'_> {
             .finish_non_exhaustive()
     }
 }
+
+// A map is shared between threads (and CPUs) by reference: it must stay
+// Send + Sync whatever its fields become.
+static_assertions::assert_impl_all!(StackMapIn<'static>: Send, Sync);

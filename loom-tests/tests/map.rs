@@ -281,3 +281,35 @@ fn read_vs_move_to_other_bucket() {
         assert_eq!(audit(map), (1, 1));
     });
 }
+
+/// lookup_and_delete racing an insert into the same bucket: the taker
+/// gets a whole stack (the old one or the new one) or ENOENT, and every
+/// slot ends in exactly one place.
+#[test]
+fn lookup_and_delete_vs_insert() {
+    let (a, b, id) = colliding();
+    model("lookup_and_delete_vs_insert", move || {
+        let map = Arc::new(small_map());
+        map.get_stackid(0, &b, 0).unwrap();
+        let take = move |m: &StackMap| {
+            let mut v = [0u8; 16];
+            m.lookup_and_delete(id, &mut v)
+                .map(|()| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+        };
+        let (ins, took) = race(
+            &map,
+            move |m| m.get_stackid(1, &a, BPF_F_REUSE_STACKID),
+            take,
+        );
+        assert_eq!(ins, Ok(id));
+        assert!(took == Ok(a[0]) || took == Ok(b[0]), "{took:?}");
+        // If b was taken, a is stored; if a was taken, the bucket is empty.
+        let left = read(&map, id);
+        match took {
+            Ok(x) if x == b[0] => assert_eq!(left, Ok([a[0], 0])),
+            _ => assert_eq!(left, Err(Error::NoEnt)),
+        }
+        let (used, free) = audit(into_inner(map));
+        assert_eq!((used + free, used), (2, usize::from(left.is_ok())));
+    });
+}
