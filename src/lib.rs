@@ -51,3 +51,8 @@ pub use map::{StackMap, StackMapIn};
 pub use proc_maps::ProcMaps;
 pub use storage::StaticStorage;
 pub use uapi::{BuildIdStatus, StackBuildId};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
