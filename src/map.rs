@@ -116,6 +116,18 @@ enum Cmp {
     Other,
 }
 
+/// What `__bpf_get_stackid` does after comparing with the bucket: `Err(Ok)`
+/// a hit, `Err(Err(Exist))` a collision without REUSE, `Ok(expect)` store
+/// the trace, publishing over the bucket word `expect` (0 when empty).
+fn decide(seen: Seen<Cmp>, reuse: bool) -> Result<u32, Result<(), Error>> {
+    match seen {
+        Seen::Slot(_, Cmp::Same) => Err(Ok(())),
+        Seen::Slot(_, Cmp::Other) if !reuse => Err(Err(Error::Exist)),
+        Seen::Slot(b, Cmp::Other) => Ok(b),
+        Seen::Empty => Ok(0),
+    }
+}
+
 /// One slot's words: header then data.
 ///
 /// # Invariants
@@ -436,6 +448,18 @@ impl<'a> StackMapIn<'a> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
+        self.stackid_walk(cpu, callchain, flags, resolver)
+    }
+
+    /// Cuts the chain to the kernel walk's depth, `min(value_frames + skip,
+    /// max_stack)`, then runs `__bpf_get_stackid`. Flags are checked.
+    fn stackid_walk<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
         let depth = self.geo.max_depth(skip) as usize;
         let trace = callchain.get(..depth).unwrap_or(callchain);
@@ -457,10 +481,10 @@ impl<'a> StackMapIn<'a> {
         let nr_kernel = count_kernel_ips(callchain);
         if flags & BPF_F_USER_STACK == 0 {
             let kernel = callchain.get(..nr_kernel).unwrap_or(callchain);
-            self.stackid(cpu, kernel, flags, resolver)
+            self.stackid_walk(cpu, kernel, flags, resolver)
         } else {
             let flags = pe_user_skip(flags, nr_kernel)?;
-            self.stackid(cpu, callchain, flags, resolver)
+            self.stackid_walk(cpu, callchain, flags, resolver)
         }
     }
 
@@ -494,11 +518,7 @@ impl<'a> StackMapIn<'a> {
             }
             // The kernel pops before comparing build-id stacks (a full map
             // gives ENOMEM even for a known stack); so do we.
-            let slot = self.freelist.pop(cpu).ok_or(Error::NoMem)?;
-            let Some(new) = self.elem(slot) else {
-                self.freelist.push(cpu, slot);
-                return Err(Error::Fault);
-            };
+            let (slot, new) = self.take_slot(cpu)?;
             let user = flags & BPF_F_USER_STACK != 0;
             self.write(new, hash, nr, |data| {
                 write_build_ids(data, ips, user, resolver)
@@ -512,17 +532,12 @@ impl<'a> StackMapIn<'a> {
                         Cmp::Other
                     }
                 });
-                let expect = match seen {
-                    Seen::Slot(_, Cmp::Same) => {
+                let expect = match decide(seen, reuse) {
+                    Ok(expect) => expect,
+                    Err(hit_or_exist) => {
                         self.freelist.push(cpu, slot);
-                        return Ok(id);
+                        return hit_or_exist.map(|()| id);
                     }
-                    Seen::Slot(_, Cmp::Other) if !reuse => {
-                        self.freelist.push(cpu, slot);
-                        return Err(Error::Exist);
-                    }
-                    Seen::Slot(b, Cmp::Other) => b,
-                    Seen::Empty => 0,
                 };
                 if self.publish(cpu, bucket, expect, slot, reuse) {
                     return Ok(id);
@@ -540,17 +555,11 @@ impl<'a> StackMapIn<'a> {
                     Cmp::Other
                 }
             });
-            let expect = match seen {
-                Seen::Slot(_, Cmp::Same) => return Ok(id),
-                Seen::Slot(_, Cmp::Other) if !reuse => return Err(Error::Exist),
-                Seen::Slot(b, Cmp::Other) => b,
-                Seen::Empty => 0,
+            let expect = match decide(seen, reuse) {
+                Ok(expect) => expect,
+                Err(hit_or_exist) => return hit_or_exist.map(|()| id),
             };
-            let slot = self.freelist.pop(cpu).ok_or(Error::NoMem)?;
-            let Some(new) = self.elem(slot) else {
-                self.freelist.push(cpu, slot);
-                return Err(Error::Fault);
-            };
+            let (slot, new) = self.take_slot(cpu)?;
             self.write(new, hash, nr, |data| {
                 for (w, &ip) in data.chunks_exact(2).zip(ips) {
                     let [lo, hi] = ip_words(ip);
@@ -565,6 +574,19 @@ impl<'a> StackMapIn<'a> {
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.
             self.freelist.push(cpu, slot);
+        }
+    }
+
+    /// Pops a free slot for writing: `NoMem` when every element is in use.
+    fn take_slot(&self, cpu: usize) -> Result<(u32, Elem<'a>), Error> {
+        let slot = self.freelist.pop(cpu).ok_or(Error::NoMem)?;
+        match self.elem(slot) {
+            Some(e) => Ok((slot, e)),
+            // Unreachable: the freelist only holds indices < max_entries.
+            None => {
+                self.freelist.push(cpu, slot);
+                Err(Error::Fault)
+            }
         }
     }
 
