@@ -32,7 +32,15 @@
 //! # Invariants
 //!
 //! - Every slot index `< max_entries` is in exactly one of: the freelist,
-//!   one bucket, one thread's hands.
+//!   one bucket, one thread's hands. This rests on the freelist's ABA
+//!   defence (`freelist.rs`, "ABA: the exact bound"): on thumbv7m,
+//!   thumbv7em and thumbv8m.main a pop can't be fooled at all; elsewhere
+//!   only by `2^T` pops of one shard while one pop is stalled, `T` being
+//!   the head word's bits minus `bit length of max_entries` (at least 32
+//!   with 64-bit atomics, at least 16 on the 32-bit head). Were it fooled,
+//!   a slot would be in a bucket and on the freelist at once, a writer
+//!   could rewrite a published slot, and a reader could spin in `observe`
+//!   on its odd sequence number.
 //! - A slot in a bucket has an even sequence number and is not written.
 //! - A slot in bucket `id` holds a trace whose `hash & (n_buckets - 1)` is
 //!   `id`.
@@ -41,7 +49,8 @@
 //!
 //! `get_stackid` is lock-free: the freelist is, publish is one atomic
 //! read-modify-write, and a read retries only because a writer completed a
-//! change to that bucket or slot in the meantime. It never allocates,
+//! change to that bucket or slot in the meantime (given conservation, see
+//! the invariants: a writer only writes slots no bucket holds). It never allocates,
 //! blocks or panics. The sequence number is 32 bits and moves by 2 per
 //! rewrite of a slot: a read is fooled only if one slot is rewritten 2^31
 //! times while the read is in progress.
