@@ -280,7 +280,7 @@ impl Packing {
     }
 
     /// The tag of a head word, in the low bits of the result.
-    #[inline]
+    #[cfg(test)]
     fn tag_of(self, word: HeadWord) -> HeadWord {
         word >> self.index_bits
     }

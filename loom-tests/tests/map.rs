@@ -337,6 +337,43 @@ fn lookup_and_delete_vs_insert() {
     });
 }
 
+/// lookup_and_delete racing an insert into an empty bucket (publish by
+/// compare-exchange): the taker gets ENOENT or the whole new stack. Its
+/// copy is not re-validated (the slot is the taker's once swapped out),
+/// so it relies on the publish's Release for the stack's words.
+#[test]
+fn lookup_and_delete_vs_fresh_insert() {
+    let a = [0x10u64, 0x20];
+    let id = trace_hash(&a) & 1;
+    model("lookup_and_delete_vs_fresh_insert", move || {
+        let map = Arc::new(small_map());
+        let take = move |m: &StackMap| {
+            let mut v = [0u8; 16];
+            m.lookup_and_delete(id, &mut v).map(|()| {
+                [
+                    u64::from_ne_bytes(v[..8].try_into().unwrap()),
+                    u64::from_ne_bytes(v[8..].try_into().unwrap()),
+                ]
+            })
+        };
+        let (ins, took) = race(&map, move |m| m.get_stackid(0, &a, 0), take);
+        assert_eq!(ins, Ok(id));
+        let left = read(&map, id);
+        match took {
+            Ok(v) => {
+                assert_eq!(v, a, "took a stale or torn stack");
+                assert_eq!(left, Err(Error::NoEnt));
+            }
+            Err(e) => {
+                assert_eq!(e, Error::NoEnt);
+                assert_eq!(left, Ok(a));
+            }
+        }
+        let (used, free) = audit(into_inner(map));
+        assert_eq!((used + free, used), (2, usize::from(left.is_ok())));
+    });
+}
+
 /// A 3-element build-id map with one-frame values (32 bytes).
 fn build_id_map() -> StackMap {
     let attr = MapAttr {

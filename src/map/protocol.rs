@@ -264,8 +264,11 @@ impl<'a> StackMapIn<'a> {
         let new = slot + 1;
         let old = if reuse {
             // AcqRel: Release publishes the slot's words to readers'
-            // Acquire bucket loads; Acquire orders our later push of the
-            // old slot after its previous publisher's writes.
+            // Acquire bucket loads (observe() re-validates under the
+            // sequence number, but lookup_and_delete's swap copies the slot
+            // without it: it pairs with this Release); Acquire orders our
+            // later push of the old slot after its previous publisher's
+            // writes.
             bucket.swap(new, Ordering::AcqRel)
         } else {
             // AcqRel / Acquire: as for the swap above.
