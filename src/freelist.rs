@@ -387,20 +387,26 @@ impl<'a> FreeList<'a> {
     pub fn home(&self, idx: u32) -> usize {
         let nr_cpus = self.heads.len();
         let n = self.links.len();
-        let (Some(per), Ok(i)) = (n.checked_div(nr_cpus), usize::try_from(idx)) else {
+        let Ok(i) = usize::try_from(idx) else {
+            return 0;
+        };
+        // The first `extra` CPUs hold `per + 1` indices each, the rest
+        // `per`. Checked arithmetic throughout: no panic path (this runs
+        // on delete) and no overflow, though none can happen here.
+        let (Some(per), Some(extra)) = (n.checked_div(nr_cpus), n.checked_rem(nr_cpus)) else {
+            return 0;
+        };
+        let Some(big) = per.checked_add(1).and_then(|p| extra.checked_mul(p)) else {
             return 0;
         };
         if i >= n {
-            return 0;
-        }
-        // The first `extra` CPUs hold `per + 1` indices each, the rest `per`.
-        let extra = n % nr_cpus;
-        let big = extra * (per + 1); // <= n: no overflow
-        if i < big {
-            i / (per + 1)
+            0
+        } else if i < big {
+            i.checked_div(per.wrapping_add(1)).unwrap_or(0)
         } else {
-            // `i >= big` and `i < n` imply `per >= 1`.
-            extra + (i - big).checked_div(per).unwrap_or(0)
+            // `big <= i < n` implies `per >= 1`.
+            let rest = (i - big).checked_div(per).unwrap_or(0);
+            extra.saturating_add(rest)
         }
     }
 
