@@ -81,14 +81,21 @@ const OP_NAMES: [&str; 6] = [
     "get_next_key",
 ];
 
-/// Handler statistics. Relaxed everywhere below: on one core the handler
-/// runs to completion between two thread-mode instructions, so the only
-/// ordering needed is the compiler's, which an atomic access keeps.
+// Every access to THREAD_OP and the statistics below is Relaxed: on one
+// core the handler runs to completion between two thread-mode
+// instructions, so they need no ordering with each other, only to happen
+// in program order around the map calls, which `in_op`'s compiler fences
+// give.
+
+/// Interrupts taken.
 static IRQS: AtomicU32 = AtomicU32::new(0);
+/// Interrupts taken while thread mode was in each operation (`OP_NAMES`).
 static IN_OP: [AtomicU32; 6] = [const { AtomicU32::new(0) }; 6];
+/// Distinct interrupted instructions inside thread-mode operations.
 static DISTINCT_PCS: AtomicU32 = AtomicU32::new(0);
+/// Interrupted PCs that fell outside [`PC_SEEN`]'s range.
 static PC_OUT_OF_TEXT: AtomicU32 = AtomicU32::new(0);
-/// Handler results: ok inserts, hits among them are not told apart.
+/// The handler's results by kind (an `Ok` insert may have been a hit).
 static H_INSERTED: AtomicU32 = AtomicU32::new(0);
 static H_EXIST: AtomicU32 = AtomicU32::new(0);
 static H_NOMEM: AtomicU32 = AtomicU32::new(0);
@@ -98,6 +105,7 @@ static H_DELETED: AtomicU32 = AtomicU32::new(0);
 static H_ABA: AtomicU32 = AtomicU32::new(0);
 /// Anything wrong the handler saw (it can't return an error).
 static H_BAD: AtomicU32 = AtomicU32::new(0);
+/// The handler's random state, kept between interrupts.
 static H_RNG: AtomicU32 = AtomicU32::new(0x1234_5678);
 
 /// One bit per halfword of `.text`: interrupted PCs seen inside a thread

@@ -719,6 +719,7 @@ pub fn freelist_pop_push_conserves(_: &mut [MaybeUninit<u8>]) -> TestResult {
     let list = FreeList::new(&heads, &LINKS);
     check_eq!(list.capacity(), freelist::MAX_ELEMS);
     list.populate();
+    // Relaxed (HELD): only this thread touches it; the handler is off.
     for round in 0..3usize {
         for word in &HELD {
             word.store(0, Relaxed);
