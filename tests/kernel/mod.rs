@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod ours;
+pub mod perf;
 pub mod report;
 
 use std::ffi::CString;
