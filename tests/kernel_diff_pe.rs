@@ -539,8 +539,17 @@ struct Tally {
     past_max_stack: usize,
 }
 
+/// Words before the first `PERF_CONTEXT_USER` (the kernel's
+/// `count_kernel_ip`): the kernel part with its marker.
+fn nr_kernel_words(chain: &[u64]) -> usize {
+    chain
+        .iter()
+        .position(|&w| w == PERF_CONTEXT_USER)
+        .unwrap_or(chain.len())
+}
+
 fn describe_sample(i: usize, s: &Sample) -> String {
-    let nr_kernel = kstackmap::callchain::count_kernel_ips(&s.chain);
+    let nr_kernel = nr_kernel_words(&s.chain);
     format!(
         "sample #{i} (cpu {}, ip {:#x}, {} words, {} before PERF_CONTEXT_USER): {:x?}",
         s.cpu,
@@ -581,7 +590,7 @@ fn replay(
         let chain = &sample.chain;
         tally.samples += 1;
         tally.longest = tally.longest.max(chain.len());
-        let nr_kernel = kstackmap::callchain::count_kernel_ips(chain);
+        let nr_kernel = nr_kernel_words(chain);
         if nr_kernel > 0 {
             tally.with_kernel += 1;
         }
@@ -736,7 +745,7 @@ fn probe_cut(max_stack: u32) -> Result<Option<bool>, NotRun> {
     let rec = record(&case)?;
     let mut with_user = 0;
     for (s, slot) in rec.samples.iter().zip(&rec.slots) {
-        if kstackmap::callchain::count_kernel_ips(&s.chain) == s.chain.len() {
+        if nr_kernel_words(&s.chain) == s.chain.len() {
             continue;
         }
         // A user part: at least the marker and the sampled user ip before
