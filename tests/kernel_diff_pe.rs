@@ -452,7 +452,13 @@ fn record(case: &Case) -> Result<Recorded, NotRun> {
         })
         .collect();
     let plan = PlanMaps::create(&case.plan);
-    let prog = kernel::perf::load_plan_program(&plan, &kmaps.iter().collect::<Vec<_>>());
+    let prog =
+        kernel::perf::load_plan_program(&plan, &kmaps.iter().collect::<Vec<_>>()).map_err(|e| {
+            NotRun::Refused(format!(
+                "BPF_PROG_LOAD of a perf_event program: {}",
+                std::io::Error::from_raw_os_error(e)
+            ))
+        })?;
     let event = match Event::open(&case.spec, DATA_PAGES) {
         Ok(e) => e,
         Err(e @ (libc::ENOENT | libc::EOPNOTSUPP | libc::EACCES | libc::EPERM | libc::ENODEV)) => {

@@ -542,8 +542,10 @@ const BPF_ADD_K: u8 = super::BPF_ADD | BPF_K;
 const BPF_JGE_K: u8 = 0x30 | BPF_K;
 
 /// Loads the plan program for `maps` (the stack maps, in the order `Op`
-/// names them).
-pub fn load_plan_program(plan: &PlanMaps, maps: &[&Map]) -> OwnedFd {
+/// names them). `Err(errno)` when the kernel refuses the program type
+/// here (EPERM / EACCES: no CAP_PERFMON); any other refusal panics with
+/// the verifier's log.
+pub fn load_plan_program(plan: &PlanMaps, maps: &[&Map]) -> Result<OwnedFd, Errno> {
     let fds: Vec<i32> = maps.iter().map(|m| m.fd.as_raw_fd()).collect();
     let insns = plan_program(
         plan.ctl.fd.as_raw_fd(),
@@ -551,19 +553,16 @@ pub fn load_plan_program(plan: &PlanMaps, maps: &[&Map]) -> OwnedFd {
         plan.n,
         &fds,
     );
-    load_program(PROG_TYPE_PERF_EVENT, &insns).unwrap_or_else(|(e, log)| {
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        panic!(
-            "BPF_PROG_LOAD (perf_event): {}\nverifier log (end):\n{tail}",
-            io::Error::from_raw_os_error(e)
-        )
-    })
+    match load_program(PROG_TYPE_PERF_EVENT, &insns) {
+        Ok(fd) => Ok(fd),
+        Err((e @ (libc::EPERM | libc::EACCES), _)) => Err(e),
+        Err((e, log)) => {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            panic!(
+                "BPF_PROG_LOAD (perf_event): {}\nverifier log (end):\n{tail}",
+                io::Error::from_raw_os_error(e)
+            )
+        }
+    }
 }
