@@ -44,51 +44,34 @@ static ARENA: StaticStorage<{ 2 << 20 }> = StaticStorage::new();
 /// Index into [`TESTS`] of the running test, for the panic message.
 static CURRENT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-const TESTS: &[(&str, Test)] = &[
-    ("jhash2_kernel_vectors", seq::jhash2_kernel_vectors),
-    (
-        "trace_hash_is_jhash2_of_le_words",
-        seq::trace_hash_is_jhash2_of_le_words,
-    ),
-    ("ids_equal_the_kernels", seq::ids_equal_the_kernels),
-    ("hit_exist_reuse", seq::hit_exist_reuse),
-    ("fast_cmp_is_hash_only", seq::fast_cmp_is_hash_only),
-    ("nomem_when_full", seq::nomem_when_full),
-    (
-        "skip_truncation_fault_inval",
-        seq::skip_truncation_fault_inval,
-    ),
-    (
-        "lookup_bytes_and_zeroed_tail",
-        seq::lookup_bytes_and_zeroed_tail,
-    ),
-    (
-        "delete_get_next_key_update",
-        seq::delete_get_next_key_update,
-    ),
-    ("rdonly_wronly", seq::rdonly_wronly),
-    ("build_id_frames", seq::build_id_frames),
-    (
-        "build_id_pop_before_compare",
-        seq::build_id_pop_before_compare,
-    ),
-    ("get_stack_and_pe", seq::get_stack_and_pe),
-    ("get_stackid_pe", seq::get_stackid_pe),
-    (
-        "creation_errors_and_memory",
-        seq::creation_errors_and_memory,
-    ),
-    (
-        "conservation_fill_delete_refill",
-        seq::conservation_fill_delete_refill,
-    ),
-    (
-        "freelist_pop_push_conserves",
-        seq::freelist_pop_push_conserves,
-    ),
-    ("head16_capacity_limit", seq::head16_capacity_limit),
-    ("head16_full_map", seq::head16_full_map),
-    ("systick_races_thread_mode", irq::systick_races_thread_mode),
+/// `(name, fn)` pairs from paths: the name is the function's.
+macro_rules! tests {
+    ($($module:ident::$name:ident),* $(,)?) => {
+        &[$((stringify!($name), $module::$name as Test)),*]
+    };
+}
+
+/// Every test, in the order they run (the interrupt test last).
+const TESTS: &[(&str, Test)] = tests![
+    seq::jhash2_kernel_vectors,
+    seq::trace_hash_is_jhash2_of_le_words,
+    seq::ids_equal_the_kernels,
+    seq::hit_exist_reuse,
+    seq::fast_cmp_is_hash_only,
+    seq::nomem_when_full,
+    seq::skip_truncation_fault_inval,
+    seq::lookup_bytes_and_zeroed_tail,
+    seq::delete_get_next_key_update,
+    seq::rdonly_wronly,
+    seq::build_id_frames,
+    seq::build_id_pop_before_compare,
+    seq::get_stack_and_pe,
+    seq::get_stackid_pe,
+    seq::creation_errors_and_memory,
+    seq::conservation_fill_delete_refill,
+    seq::head16_capacity_limit,
+    seq::head16_full_map,
+    irq::systick_races_thread_mode,
 ];
 
 #[entry]

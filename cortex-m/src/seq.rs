@@ -4,9 +4,7 @@
 //! "Kernel semantics to match").
 
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use kstackmap::freelist::{self, FreeList};
 use kstackmap::uapi::{
     BPF_F_FAST_STACK_CMP, BPF_F_NO_PREALLOC, BPF_F_RDONLY, BPF_F_REUSE_STACKID,
     BPF_F_STACK_BUILD_ID, BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_F_WRONLY, PERF_CONTEXT_KERNEL,
@@ -14,7 +12,7 @@ use kstackmap::uapi::{
 };
 use kstackmap::{
     get_stack, get_stack_pe, jhash2, trace_hash, Config, Error, MapAttr, StackBuildId, StackMapIn,
-    Vma, VmaResolver,
+    Vma, VmaResolver, HEAD_INDEX_MAX,
 };
 
 use crate::stacks::{frames, number_of, MAX_FRAMES};
@@ -703,52 +701,11 @@ pub fn conservation_fill_delete_refill(mem: &mut [MaybeUninit<u8>]) -> TestResul
     Ok(())
 }
 
-/// Links for a freelist at the 16-bit head's full capacity.
-static LINKS: [AtomicU32; freelist::MAX_ELEMS as usize] =
-    [const { AtomicU32::new(0) }; freelist::MAX_ELEMS as usize];
-
-/// One bit per index: which ones the test holds.
-static HELD: [AtomicU32; freelist::MAX_ELEMS as usize / 32 + 1] =
-    [const { AtomicU32::new(0) }; freelist::MAX_ELEMS as usize / 32 + 1];
-
-pub fn freelist_pop_push_conserves(_: &mut [MaybeUninit<u8>]) -> TestResult {
-    // The raw freelist at full capacity: 65,534 indices over 3 CPUs; every
-    // pop gives an index not held, an empty list gives None, and pushing
-    // everything back (anywhere) gives all of them again.
-    let heads: [freelist::Head; 3] = core::array::from_fn(|_| freelist::new_head());
-    let list = FreeList::new(&heads, &LINKS);
-    check_eq!(list.capacity(), freelist::MAX_ELEMS);
-    list.populate();
-    // Relaxed (HELD): only this thread touches it; the handler is off.
-    for round in 0..3usize {
-        for word in &HELD {
-            word.store(0, Relaxed);
-        }
-        for n in 0..freelist::MAX_ELEMS {
-            let Some(i) = list.pop(round + n as usize) else {
-                fail!("round {}: empty after {} pops", round, n);
-            };
-            let Some(word) = HELD.get(i as usize / 32) else {
-                fail!("index {} out of range", i);
-            };
-            let bit = 1 << (i % 32);
-            check!(word.fetch_or(bit, Relaxed) & bit == 0, "{} popped twice", i);
-        }
-        for cpu in 0..4 {
-            check_eq!(list.pop(cpu), None);
-        }
-        for i in 0..freelist::MAX_ELEMS {
-            list.push((i as usize).wrapping_mul(round + 1), i);
-        }
-    }
-    Ok(())
-}
-
 pub fn head16_capacity_limit(_: &mut [MaybeUninit<u8>]) -> TestResult {
     // Without 64-bit atomics the freelist head packs a 16-bit index (all
     // ones = empty) and a 16-bit tag: at most 65,534 entries.
     check!(!cfg!(target_has_atomic = "64"));
-    check_eq!(freelist::MAX_ELEMS, 65_534);
+    check_eq!(HEAD_INDEX_MAX, 65_534);
     let size = |n: u32| StackMapIn::storage_size(&attr(n, 8, 0), cfg(2));
     check!(size(65_534).is_ok(), "{:?}", size(65_534));
     for n in [65_535, 65_536, 1 << 20, 1 << 31] {
@@ -761,30 +718,44 @@ pub fn head16_capacity_limit(_: &mut [MaybeUninit<u8>]) -> TestResult {
 
 pub fn head16_full_map(mem: &mut [MaybeUninit<u8>]) -> TestResult {
     // The largest map this target allows, filled to the last entry: slot
-    // indices up to 65,533 (next to the head's EMPTY value) go through the
-    // freelist and the buckets. One-frame stacks (value_size 8).
-    let max_entries = freelist::MAX_ELEMS;
+    // indices up to 65,533 (next to the head's EMPTY value, 65,535) go
+    // through the freelist and the buckets. Then everything is deleted and
+    // the map filled again from the other CPU (every pop steals): exactly
+    // as many fit. One-frame stacks (value_size 8).
+    let max_entries = HEAD_INDEX_MAX;
     let a = attr(max_entries, 8, 0);
     check!(ok!(StackMapIn::storage_size(&a, cfg(2))) <= mem.len());
     let m = map_in!(mem, a, cfg(2));
     check_eq!(m.n_buckets(), 65_536);
     let mut k = 0;
-    check_eq!(fill(&m, &mut k, |k| k as usize)?, max_entries);
-    // Two buckets are empty; everything else holds its own stack.
-    let mut value = [0u8; 8];
-    let mut occupied = 0;
-    for id in 0..m.n_buckets() {
-        match m.lookup(id, &mut value) {
-            Ok(()) => {
-                let ip = u64::from_le_bytes(value);
-                check_eq!(id_of(&m, &[ip]), id, "misplaced stack");
-                check_eq!(frames(ip as u32).ips()[0], ip, "not a generated stack");
-                occupied += 1;
+    for round in 0..2 {
+        // Round 0 alternates the CPUs; round 1 pops from CPU 1 only, while
+        // every slot was freed to shard 0 by delete: each pop steals.
+        let stored = fill(&m, &mut k, |k| if round == 0 { k as usize % 2 } else { 1 })?;
+        check_eq!(stored, max_entries, "round {}", round);
+        // Two buckets are empty; everything else holds its own stack.
+        let mut value = [0u8; 8];
+        let mut occupied = 0;
+        for id in 0..m.n_buckets() {
+            match m.lookup(id, &mut value) {
+                Ok(()) => {
+                    let ip = u64::from_le_bytes(value);
+                    check_eq!(id_of(&m, &[ip]), id, "misplaced stack");
+                    check_eq!(frames(ip as u32).ips()[0], ip, "not a generated stack");
+                    occupied += 1;
+                }
+                Err(Error::NoEnt) => {}
+                Err(e) => fail!("lookup {}: {:?}", id, e),
             }
-            Err(Error::NoEnt) => {}
-            Err(e) => fail!("lookup {}: {:?}", id, e),
         }
+        check_eq!(occupied, max_entries, "round {}", round);
+        for id in 0..m.n_buckets() {
+            match m.delete(id) {
+                Ok(()) | Err(Error::NoEnt) => {}
+                Err(e) => fail!("delete {}: {:?}", id, e),
+            }
+        }
+        check_eq!(m.get_next_key(None), Err(Error::NoEnt));
     }
-    check_eq!(occupied, max_entries);
     Ok(())
 }
