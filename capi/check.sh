@@ -8,7 +8,9 @@
 #    (scripts/symcheck.sh, shared with examples/kmod/check.sh);
 # 3. tests/c/test_capi.c, compiled with gcc -std=c11 -Wall -Wextra -Werror
 #    -pthread against the static library and against the shared one, and
-#    run; it prints "N passed, N failed".
+#    run; it prints "N passed, N failed";
+# 4. the C examples of README.md and capi/README.md: a block with a main()
+#    is built and run, any other compiled.
 #
 # The library is built with the workspace's `capi` profile (panic=abort,
 # fat LTO): see capi/README.md. Needs ../shared/vectors beside the
@@ -49,3 +51,21 @@ echo "capi: C test, static library:"
 "$out/test_capi" "$vectors"
 echo "capi: C test, shared library:"
 "$out/test_capi_shared" "$vectors"
+
+# The READMEs' C blocks, each as its own file.
+n=0
+for readme in "$root/README.md" "$here/README.md"; do
+    while IFS= read -r -d '' block; do
+        n=$((n + 1))
+        src=$out/readme-$n.c
+        printf '%s' "$block" >"$src"
+        if grep -q 'int main(' "$src"; then
+            gcc "${cflags[@]}" "$src" "$out/libkstackmap.a" -o "$out/readme-$n"
+            "$out/readme-$n" >/dev/null || { echo "capi: $readme's C block $n failed" >&2; exit 1; }
+        else
+            gcc "${cflags[@]}" -c "$src" -o "$out/readme-$n.o"
+        fi
+    done < <(awk '/^```c$/ { on = 1; next } /^```$/ && on { on = 0; printf "%c", 0; next } on' "$readme")
+done
+[[ $n -ge 2 ]] || { echo "capi: expected C blocks in the READMEs, found $n" >&2; exit 1; }
+echo "capi: $n README C blocks build (and run, with a main)"
