@@ -17,7 +17,7 @@ use crate::Error;
 
 /// The kernel's `count_kernel_ip`: words before the first
 /// `PERF_CONTEXT_USER` (the whole chain if there is none).
-pub fn count_kernel_ips(callchain: &[u64]) -> usize {
+pub(crate) fn count_kernel_ips(callchain: &[u64]) -> usize {
     callchain
         .iter()
         .position(|&ip| ip == PERF_CONTEXT_USER)

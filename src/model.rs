@@ -13,10 +13,10 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::attr::{Config, Geometry, MapAttr};
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::count_kernel_ips;
-use crate::jhash::trace_hash;
+use crate::hash::trace_hash;
+use crate::map::{Config, Geometry, MapAttr};
 use crate::uapi::{
     BPF_F_FAST_STACK_CMP, BPF_F_RDONLY, BPF_F_REUSE_STACKID, BPF_F_SKIP_FIELD_MASK,
     BPF_F_USER_STACK, BPF_F_WRONLY, STACKID_FLAG_MASK,
