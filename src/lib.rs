@@ -15,7 +15,7 @@
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", loom))]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
@@ -23,9 +23,11 @@ extern crate std;
 mod attr;
 pub mod build_id;
 pub mod callchain;
+mod depot;
 pub mod elf_note;
 mod error;
 pub mod freelist;
+mod hash_stack;
 pub mod jhash;
 mod map;
 #[cfg(all(test, feature = "std"))]
@@ -41,6 +43,10 @@ pub mod uapi;
 pub use attr::{Config, MapAttr};
 pub use build_id::{BuildId, Vma, VmaResolver};
 pub use callchain::{get_stack, get_stack_max, get_stack_pe};
+pub use depot::{
+    DepotConfig, DepotStats, StackDepot, StackDepotIn, StackKind, MAX_ARENA_WORDS, MAX_CAPACITY,
+    PROBE_MAX,
+};
 pub use elf_note::{parse_build_id, BuildIdNote};
 pub use error::Error;
 pub use jhash::{jhash2, trace_hash};
