@@ -114,7 +114,10 @@ fn take(cursor: &AtomicU32, n: u32, limit: u32) -> Option<u32> {
     // Relaxed: this value only seeds the compare-and-swap below.
     let mut cur = cursor.load(Ordering::Relaxed);
     loop {
-        let end = cur.checked_add(n).filter(|&end| end <= limit)?;
+        let end = cur.checked_add(n)?;
+        if end > limit {
+            return None;
+        }
         // Success AcqRel: Acquire pairs with the Release of `give_back`, so
         // the writes of whoever gave these words (or this id) back happen
         // before ours; Release keeps that chain going for the next taker

@@ -146,12 +146,9 @@ impl<'a> StackDepotIn<'a> {
                 // (above, and the failure load below), publishing the record
                 // and directory word written in `reserve`. Failure Acquire:
                 // the same, for the winner's record, which we compare next.
-                match slot.compare_exchange(
-                    0,
-                    tag | (r.id + 1),
-                    Ordering::Release,
-                    Ordering::Acquire,
-                ) {
+                // id < capacity <= 2^24: no overflow.
+                let entry = tag | (r.id + 1);
+                match slot.compare_exchange(0, entry, Ordering::Release, Ordering::Acquire) {
                     Ok(_) => {
                         self.set_published(r.id, r.off << 1);
                         if let Some(s) = stats {
@@ -172,9 +169,7 @@ impl<'a> StackDepotIn<'a> {
                             CpuStats::add(&s.lost_races, 1);
                         }
                     }
-                    if dw & PUBLISHED == 0 {
-                        self.set_published(id, dw);
-                    }
+                    self.help_publish(id, dw);
                     return Ok(id);
                 }
             }
@@ -213,7 +208,18 @@ impl<'a> StackDepotIn<'a> {
             // Release: pairs with the Acquire load in `record`; the record
             // (written before the publishing CAS, which happens before this
             // store in either case) is visible to whoever sees the bit.
-            w.store(dw | PUBLISHED, Ordering::Release);
+            let published = dw | PUBLISHED;
+            w.store(published, Ordering::Release);
+        }
+    }
+
+    /// Sets the published bit of `id` if `dw`, its directory word as a
+    /// prober read it, lacks it: the winner may not have got there yet, and
+    /// an id `intern` returns must be one `get` hands out.
+    #[inline]
+    fn help_publish(&self, id: u32, dw: u32) {
+        if dw & PUBLISHED == 0 {
+            self.set_published(id, dw);
         }
     }
 
