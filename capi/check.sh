@@ -24,7 +24,8 @@ kernel_target=x86_64-unknown-none
 # The functions of DESIGN.md's contract (the check also covers every other
 # ksm_* export).
 expected=(ksm_map_storage_size ksm_map_init ksm_get_stackid ksm_lookup ksm_delete
-    ksm_get_next_key ksm_get_stackid_pe)
+    ksm_get_next_key ksm_get_stackid_pe ksm_depot_storage_size ksm_depot_init
+    ksm_depot_intern ksm_depot_get)
 
 rustup target add "$kernel_target" >/dev/null
 command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; }

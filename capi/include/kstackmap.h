@@ -142,6 +142,12 @@
 #define KSM_EINVAL 22
 
 /**
+ * A stack depot, inside the memory given to `ksm_depot_init`. Opaque: C
+ * code only holds pointers to it.
+ */
+struct ksm_depot;
+
+/**
  * A stack trace map, inside the memory given to `ksm_map_init`. Opaque:
  * C code only holds pointers to it.
  */
@@ -213,6 +219,30 @@ struct ksm_vma {
  * the caller's context: it must be as context-safe as that call.
  */
 typedef int (*ksm_find_vma_fn)(void *ctx, uint64_t ip, struct ksm_vma *vma);
+
+/**
+ * How big a depot is and how it hashes.
+ */
+struct ksm_depot_config {
+    /**
+     * The most distinct stacks; ids are below it. 1 to 2^24.
+     */
+    uint32_t capacity;
+    /**
+     * `uint64_t` words for the stacks: one header word per stack plus one
+     * per frame (four per `ksm_stack_build_id` frame). 2 to 2^31.
+     */
+    uint64_t arena_words;
+    /**
+     * Shards for the per-CPU counters (`cpu % nr_cpus`): at least 1.
+     */
+    uint32_t nr_cpus;
+    /**
+     * Keys the hash so that crafted stacks can't pile into one probe run:
+     * a random value when stacks come from an untrusted source.
+     */
+    uint64_t seed;
+};
 
 /**
  * A frame of a build-id map's value (`struct bpf_stack_build_id`): what
@@ -440,6 +470,125 @@ long ksm_get_next_key(const struct ksm_map *m, const uint32_t *key, uint32_t *ne
  * `m` as for `ksm_get_stackid`.
  */
 long ksm_map_n_buckets(const struct ksm_map *m);
+
+/**
+ * Bytes of memory `ksm_depot_init` needs for `cfg`.
+ *
+ * Returns the size, or `-EINVAL` for a bad config (capacity 0 or above
+ * 2^24, fewer than 2 or more than 2^31 arena words, `nr_cpus` 0, NULL
+ * `cfg`); `-ENOMEM` when the size does not fit the address space.
+ *
+ * # Safety
+ *
+ * `cfg` is NULL or points at a readable `struct ksm_depot_config`.
+ */
+long ksm_depot_storage_size(const struct ksm_depot_config *cfg);
+
+/**
+ * Builds a depot in `mem[..len]` (any alignment) and stores its handle in
+ * `*out` (written only on success). The handle points into `mem`.
+ *
+ * Returns 0, or: the errno `ksm_depot_storage_size` gives for `cfg`;
+ * `-ENOMEM` when `len` is below what it returns; `-EINVAL` for a NULL
+ * `out`, `mem` or `cfg`, or a `len` no object can have. Writes the index
+ * and directory (`O(capacity)`), not the arena. No teardown: the depot is
+ * gone when its memory is reused.
+ *
+ * # Safety
+ *
+ * `out` and `cfg` are NULL or valid (writable, readable); `mem[..len]`
+ * is NULL or valid for reads and writes for as long as the depot (or a
+ * stack borrowed from it) is used, and is accessed only through the
+ * depot's handle meanwhile.
+ */
+long ksm_depot_init(struct ksm_depot **out,
+                    void *mem,
+                    size_t len,
+                    const struct ksm_depot_config *cfg);
+
+/**
+ * The id of the stack `frames[..nr]` (instruction pointers, innermost
+ * first), storing it if it is new. Same frames, same id; different
+ * frames, different ids (a full compare, never a hash alone); an id never
+ * changes or names another stack. `cpu` picks the counters' shard.
+ *
+ * Returns the id (`>= 0`, below `capacity`) or: `-ENOMEM` when the stack
+ * is new and the depot is full (ids, arena, or its probe run), nothing
+ * changed; `-EINVAL` for `nr` 0, a NULL or misaligned `d` or `frames`.
+ *
+ * Lock-free: never blocks, allocates or panics, never waits for another
+ * CPU's half-written stack; callable from any context.
+ *
+ * # Safety
+ *
+ * `d` is NULL or a handle from `ksm_depot_init` whose memory is still the
+ * depot's; `frames` is NULL or valid for reads of `nr` `uint64_t`s, not
+ * written during the call.
+ */
+long ksm_depot_intern(const struct ksm_depot *d, uint32_t cpu, const uint64_t *frames, uint32_t nr);
+
+/**
+ * `ksm_depot_intern` for build-id stacks: `frames[..nr]` as the map's
+ * build-id values hold them. A build-id stack and an ips stack with the
+ * same words are different stacks.
+ *
+ * # Safety
+ *
+ * As for `ksm_depot_intern`, with `nr` `struct ksm_stack_build_id`s.
+ */
+long ksm_depot_intern_build_ids(const struct ksm_depot *d,
+                                uint32_t cpu,
+                                const struct ksm_stack_build_id *frames,
+                                uint32_t nr);
+
+/**
+ * The stack under `id`, in place: stores in `*frames` a pointer to its
+ * words inside the depot's memory and returns their number (the frames
+ * of an ips stack; four words a frame for a build-id stack). The words
+ * never change while the depot lives (until `ksm_depot_clear`).
+ *
+ * Returns the number of words, or `-ENOENT` when `id` names no stack,
+ * `-EINVAL` for a NULL `d` or `frames`. Wait-free.
+ *
+ * # Safety
+ *
+ * `d` as for `ksm_depot_intern`; `frames` is NULL or writable (any
+ * alignment).
+ */
+long ksm_depot_get(const struct ksm_depot *d, uint32_t id, const uint64_t **frames);
+
+/**
+ * `ksm_depot_get` for build-id stacks: `*frames` points at the stack's
+ * `struct ksm_stack_build_id`s; returns their number. `-ENOENT` when `id`
+ * names no stack or an ips stack.
+ *
+ * # Safety
+ *
+ * As for `ksm_depot_get`.
+ */
+long ksm_depot_get_build_ids(const struct ksm_depot *d,
+                             uint32_t id,
+                             const struct ksm_stack_build_id **frames);
+
+/**
+ * Number of stacks stored, or `-EINVAL` for a NULL `d`.
+ *
+ * # Safety
+ *
+ * `d` as for `ksm_depot_intern`.
+ */
+long ksm_depot_len(const struct ksm_depot *d);
+
+/**
+ * Forgets every stack: ids start again from 0 and may name other stacks
+ * afterwards. Returns 0, or `-EINVAL` for a NULL or misaligned `d`.
+ *
+ * # Safety
+ *
+ * `d` as for `ksm_depot_intern`, and nothing else uses the depot during
+ * the call, nor any pointer `ksm_depot_get` returned before it, after it.
+ */
+long ksm_depot_clear(struct ksm_depot *d);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -39,10 +39,15 @@
 extern crate std;
 
 mod consts;
-mod map;
 mod mem;
 
+// The two structures; the header lists them in this order.
+mod map;
+
+mod depot;
+
 pub use consts::*;
+pub use depot::*;
 pub use map::*;
 
 use core::ffi::c_long;

@@ -528,3 +528,244 @@ fn threads_share_one_handle() {
     let r = unsafe { ksm_get_next_key(p.c, null(), &mut next) };
     assert_eq!(r, -c_long::from(KSM_ENOENT), "every stack was deleted");
 }
+
+/// A C depot in an odd block.
+fn c_depot(cfg: &ksm_depot_config) -> (*mut ksm_depot, OddBlock) {
+    // SAFETY: `cfg` is valid.
+    let size = unsafe { ksm_depot_storage_size(cfg) };
+    assert!(size > 0, "{size}");
+    let mut mem = OddBlock::new(size as usize);
+    let mut d = null_mut();
+    // SAFETY: `mem` outlives every use of `d` in the tests.
+    let r = unsafe { ksm_depot_init(&mut d, mem.ptr(), mem.len(), cfg) };
+    assert_eq!(r, 0);
+    (d, mem)
+}
+
+fn rust_cfg(c: &ksm_depot_config) -> kstackmap::DepotConfig {
+    kstackmap::DepotConfig {
+        capacity: c.capacity,
+        arena_words: c.arena_words as usize,
+        nr_cpus: c.nr_cpus as usize,
+        seed: c.seed,
+    }
+}
+
+#[test]
+fn depot_same_ids_and_errnos_as_the_rust_api() {
+    let cfg = ksm_depot_config {
+        capacity: 200,
+        arena_words: 1500,
+        nr_cpus: 2,
+        seed: 42,
+    };
+    let (d, _mem) = c_depot(&cfg);
+    let rcfg = rust_cfg(&cfg);
+    let size = kstackmap::StackDepotIn::storage_size(&rcfg).unwrap();
+    let rust_mem = Box::leak(vec![MaybeUninit::uninit(); size].into_boxed_slice());
+    let rust = kstackmap::StackDepotIn::new_in(&rcfg, rust_mem).unwrap();
+    let mut rng = Rng(3);
+    let pool: Vec<Vec<u64>> = (0..400)
+        .map(|_| (0..rng.below(12)).map(|_| rng.below(64) * 8).collect())
+        .collect();
+    let (mut hits, mut full) = (0, 0);
+    for _ in 0..3000 {
+        let frames = &pool[rng.below(pool.len() as u64) as usize];
+        // SAFETY: `d` is live; `frames` readable.
+        let id = unsafe { ksm_depot_intern(d, 1, frames.as_ptr(), frames.len() as u32) };
+        let r = rust.intern(1, frames);
+        assert_eq!(id, want(r), "{frames:x?}");
+        full += usize::from(r == Err(Error::NoMem));
+        if let Ok(i) = r {
+            hits += 1;
+            let mut p = null();
+            // SAFETY: `d` is live; `p` writable.
+            let n = unsafe { ksm_depot_get(d, i, &mut p) };
+            assert_eq!(n, frames.len() as c_long);
+            // SAFETY: the depot keeps the words for its life.
+            let got = unsafe { core::slice::from_raw_parts(p, n as usize) };
+            assert_eq!(got, &frames[..]);
+            assert_eq!(rust.get(i), Some(&frames[..]));
+        }
+    }
+    assert!(hits > 1000 && full > 0, "{hits} {full}");
+    // SAFETY: `d` is live.
+    assert_eq!(unsafe { ksm_depot_len(d) }, rust.len() as c_long);
+}
+
+#[test]
+fn depot_build_id_stacks() {
+    let cfg = ksm_depot_config {
+        capacity: 16,
+        arena_words: 256,
+        nr_cpus: 1,
+        seed: 1,
+    };
+    let (d, _mem) = c_depot(&cfg);
+    let frames = [
+        ksm_stack_build_id {
+            status: KSM_STACK_BUILD_ID_VALID,
+            build_id: [7; 20],
+            offset_or_ip: 0x1234,
+        },
+        ksm_stack_build_id {
+            status: KSM_STACK_BUILD_ID_IP,
+            build_id: [0; 20],
+            offset_or_ip: 0xffff_8000_0000_1000,
+        },
+    ];
+    // SAFETY: `d` is live; every pointer below is valid or NULL.
+    unsafe {
+        let id = ksm_depot_intern_build_ids(d, 0, frames.as_ptr(), 2);
+        assert!(id >= 0);
+        assert_eq!(ksm_depot_intern_build_ids(d, 0, frames.as_ptr(), 2), id);
+        let mut p = null();
+        assert_eq!(ksm_depot_get_build_ids(d, id as u32, &mut p), 2);
+        assert_eq!(core::slice::from_raw_parts(p, 2), &frames);
+        let mut w = null();
+        assert_eq!(ksm_depot_get(d, id as u32, &mut w), 8, "four words a frame");
+        // The same words as an ips stack are another stack.
+        let ips = core::slice::from_raw_parts(w, 8).to_vec();
+        let other = ksm_depot_intern(d, 0, ips.as_ptr(), 8);
+        assert!(other >= 0 && other != id);
+        assert_eq!(
+            ksm_depot_get_build_ids(d, other as u32, &mut p),
+            -(KSM_ENOENT as c_long)
+        );
+    }
+}
+
+#[test]
+fn depot_bad_input_gives_errnos() {
+    let cfg = ksm_depot_config {
+        capacity: 4,
+        arena_words: 16,
+        nr_cpus: 1,
+        seed: 0,
+    };
+    let enoent = -(KSM_ENOENT as c_long);
+    // SAFETY: every pointer below is NULL, or valid for what it is passed
+    // for (a deliberately misaligned one is never dereferenced).
+    unsafe {
+        let size = ksm_depot_storage_size(&cfg);
+        assert!(size > 0);
+        let size = size as usize;
+        assert_eq!(ksm_depot_storage_size(null()), EINVAL);
+        for bad in [
+            ksm_depot_config { capacity: 0, ..cfg },
+            ksm_depot_config {
+                capacity: (1 << 24) + 1,
+                ..cfg
+            },
+            ksm_depot_config {
+                arena_words: 1,
+                ..cfg
+            },
+            ksm_depot_config {
+                arena_words: (1 << 31) + 1,
+                ..cfg
+            },
+            ksm_depot_config { nr_cpus: 0, ..cfg },
+        ] {
+            assert_eq!(ksm_depot_storage_size(&bad), EINVAL, "{bad:?}");
+        }
+        let mut mem = OddBlock::new(size);
+        let mut d = null_mut();
+        assert_eq!(ksm_depot_init(null_mut(), mem.ptr(), size, &cfg), EINVAL);
+        assert_eq!(ksm_depot_init(&mut d, null_mut(), size, &cfg), EINVAL);
+        assert_eq!(ksm_depot_init(&mut d, mem.ptr(), size, null()), EINVAL);
+        assert_eq!(ksm_depot_init(&mut d, mem.ptr(), size - 1, &cfg), ENOMEM);
+        assert!(d.is_null());
+        assert_eq!(ksm_depot_init(&mut d, mem.ptr(), size, &cfg), 0);
+        let f = [1u64, 2, 3];
+        assert_eq!(ksm_depot_intern(null(), 0, f.as_ptr(), 3), EINVAL);
+        assert_eq!(ksm_depot_intern(d, 0, null(), 3), EINVAL);
+        assert_eq!(ksm_depot_intern(d, 0, f.as_ptr(), 0), EINVAL, "empty stack");
+        let odd = f.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
+        assert_eq!(ksm_depot_intern(d, 0, odd, 2), EINVAL);
+        // 16 words: 4 records of 1 header + 3 frames, then full.
+        for i in 0..4 {
+            let g = [i, 2, 3];
+            assert_eq!(ksm_depot_intern(d, 0, g.as_ptr(), 3), i as c_long);
+        }
+        assert_eq!(ksm_depot_intern(d, 0, [9u64].as_ptr(), 1), ENOMEM);
+        assert_eq!(
+            ksm_depot_intern(d, 0, [0u64, 2, 3].as_ptr(), 3),
+            0,
+            "still found"
+        );
+        let mut p = null();
+        assert_eq!(ksm_depot_get(d, 4, &mut p), enoent);
+        assert_eq!(ksm_depot_get(d, 0, null_mut()), EINVAL);
+        assert_eq!(ksm_depot_get(null(), 0, &mut p), EINVAL);
+        assert_eq!(ksm_depot_len(null()), EINVAL);
+        assert_eq!(ksm_depot_len(d), 4);
+        assert_eq!(ksm_depot_clear(null_mut()), EINVAL);
+        assert_eq!(ksm_depot_clear(d), 0);
+        assert_eq!(ksm_depot_len(d), 0);
+        assert_eq!(ksm_depot_get(d, 0, &mut p), enoent);
+        assert_eq!(ksm_depot_intern(d, 0, [9u64].as_ptr(), 1), 0);
+    }
+}
+
+#[test]
+fn depot_threads_agree_on_ids() {
+    let cfg = ksm_depot_config {
+        capacity: 1024,
+        arena_words: 1 << 14,
+        nr_cpus: 4,
+        seed: 5,
+    };
+    let (d, _mem) = c_depot(&cfg);
+    let handle = d as usize;
+    let stacks: Vec<Vec<u64>> = (0..300u64)
+        .map(|i| (0..1 + i % 9).map(|j| i << 8 | j).collect())
+        .collect();
+    let stacks = std::sync::Arc::new(stacks);
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let stacks = stacks.clone();
+            std::thread::spawn(move || {
+                let d = handle as *const ksm_depot;
+                let order: Vec<usize> = if t % 2 == 0 {
+                    (0..stacks.len()).collect()
+                } else {
+                    (0..stacks.len()).rev().collect()
+                };
+                order
+                    .into_iter()
+                    .map(|i| {
+                        let s = &stacks[i];
+                        // SAFETY: the depot outlives the threads (joined below).
+                        let id = unsafe { ksm_depot_intern(d, t, s.as_ptr(), s.len() as u32) };
+                        (i, id)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids = vec![-1 as c_long; stacks.len()];
+    for t in threads {
+        for (i, id) in t.join().unwrap() {
+            assert!(id >= 0, "{id}");
+            assert!(ids[i] < 0 || ids[i] == id, "stack {i}: {} and {id}", ids[i]);
+            ids[i] = id;
+        }
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        stacks.len(),
+        "different stacks, different ids"
+    );
+    for (i, &id) in ids.iter().enumerate() {
+        let mut p = null();
+        // SAFETY: `d` is live.
+        let n = unsafe { ksm_depot_get(d, id as u32, &mut p) };
+        // SAFETY: the depot keeps the words for its life.
+        let got = unsafe { core::slice::from_raw_parts(p, n as usize) };
+        assert_eq!(got, &stacks[i][..]);
+    }
+}

@@ -10,8 +10,9 @@
  * that is first checked against every vector in jhash2.tsv (values from
  * the kernel's header). Then: every vector chain as a stack in a map in
  * a static array; two threads of inserts, lookups and deletes on a map in
- * a malloc'd block at an odd address; two threads interning into a depot;
- * and the errno convention on bad input. Prints "N passed, N failed";
+ * a malloc'd block at an odd address; a depot in a static array and two
+ * threads interning into one at an odd address; and the errno convention
+ * on bad input. Prints "N passed, N failed";
  * exits non-zero on any failure.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -367,6 +368,181 @@ static void test_two_threads_at_an_odd_address(void)
     free(block);
 }
 
+/* ---- the depot: a static array, then two threads at an odd address --- */
+
+static _Alignas(8) unsigned char depot_static[1 << 20];
+
+static void test_depot_in_a_static_array(void)
+{
+    struct ksm_depot_config cfg = { .capacity = 512, .arena_words = 8192, .nr_cpus = 2, .seed = 7 };
+    long size = ksm_depot_storage_size(&cfg);
+    CHECK(size > 0 && (size_t)size <= sizeof depot_static, "depot size %ld", size);
+    struct ksm_depot *d = NULL;
+    CHECK_EQ(ksm_depot_init(&d, depot_static, sizeof depot_static, &cfg), 0);
+    long ids[256];
+    const struct vector *chain[256];
+    int n = 0;
+    for (int i = 0; i < n_vectors && n < 256; i++) {
+        struct vector *v = &vectors[i];
+        if (v->n == 0 || v->n % 2 || v->n > 254)
+            continue;
+        uint32_t nr = v->n / 2;
+        uint64_t ips[127];
+        for (uint32_t j = 0; j < nr; j++)
+            ips[j] = v->words[2 * j] | (uint64_t)v->words[2 * j + 1] << 32;
+        long id = ksm_depot_intern(d, 0, ips, nr);
+        CHECK(id >= 0 && id < 512, "vector %d: %ld", i, id);
+        CHECK_EQ(ksm_depot_intern(d, 1, ips, nr), id); /* same frames, same id */
+        for (int k = 0; k < n; k++) /* different chains, different ids */
+            CHECK((ids[k] == id) == (chain[k]->n == v->n &&
+                                     memcmp(chain[k]->words, v->words, v->n * 4) == 0),
+                  "vector %d: id %ld", i, id);
+        const uint64_t *frames = NULL;
+        CHECK_EQ(ksm_depot_get(d, (uint32_t)id, &frames), nr);
+        CHECK(frames != NULL && memcmp(frames, ips, nr * 8) == 0, "vector %d: frames", i);
+        /* In place: the words live in the caller's block. */
+        CHECK((const unsigned char *)frames >= depot_static &&
+              (const unsigned char *)frames < depot_static + sizeof depot_static,
+              "frames outside the block");
+        chain[n] = v;
+        ids[n++] = id;
+    }
+    int distinct = 0;
+    for (int k = 0; k < n; k++) {
+        int first = 1;
+        for (int j = 0; j < k; j++)
+            first &= ids[j] != ids[k];
+        distinct += first;
+    }
+    CHECK_EQ(ksm_depot_len(d), distinct);
+    printf("depot in a static array: %d vector chains, %d stacks, frames in place\n", n, distinct);
+}
+
+#define DEPOT_STACKS 2000
+
+struct depot_worker {
+    const struct ksm_depot *d;
+    uint32_t cpu;
+    long ids[DEPOT_STACKS];
+};
+
+static void *depot_interns(void *arg)
+{
+    struct depot_worker *w = arg;
+    wait_gate();
+    for (int round = 0; round < 3; round++) {
+        for (int k = 0; k < DEPOT_STACKS; k++) {
+            int i = w->cpu % 2 ? DEPOT_STACKS - 1 - k : k;
+            uint64_t ips[12];
+            uint32_t nr = 1 + (uint32_t)(i % 12);
+            chain_of(ips, nr, 0xde9000 + (uint64_t)i);
+            long id = ksm_depot_intern(w->d, w->cpu, ips, nr);
+            CHECK(id >= 0, "depot stack %d: %ld", i, id);
+            CHECK(round == 0 || id == w->ids[i], "depot stack %d: %ld then %ld", i, w->ids[i], id);
+            w->ids[i] = id;
+            const uint64_t *frames;
+            CHECK(ksm_depot_get(w->d, (uint32_t)id, &frames) == nr &&
+                  memcmp(frames, ips, nr * 8) == 0, "depot stack %d: frames", i);
+        }
+    }
+    return NULL;
+}
+
+static void test_depot_two_threads_at_an_odd_address(void)
+{
+    /* Room for every stack, with slack for what racing interns waste. */
+    struct ksm_depot_config cfg = {
+        .capacity = DEPOT_STACKS + 64, .arena_words = DEPOT_STACKS * 8 + 1024, .nr_cpus = 2,
+        .seed = 99,
+    };
+    long size = ksm_depot_storage_size(&cfg);
+    CHECK(size > 0, "depot size %ld", size);
+    unsigned char *block = malloc((size_t)size + 1);
+    CHECK(block != NULL, "malloc");
+    if (!block)
+        return;
+    struct ksm_depot *d = NULL;
+    CHECK_EQ(ksm_depot_init(&d, block + 1, (size_t)size, &cfg), 0);
+    static struct depot_worker w[2];
+    pthread_t t[2];
+    atomic_store(&gate, 0);
+    for (int i = 0; i < 2; i++) {
+        w[i].d = d;
+        w[i].cpu = (uint32_t)i;
+        pthread_create(&t[i], NULL, depot_interns, &w[i]);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    /* Both threads got the same id for each stack, and no id twice. */
+    static unsigned char seen[DEPOT_STACKS + 64];
+    int same = 0, unique = 1;
+    for (int i = 0; i < DEPOT_STACKS; i++) {
+        same += w[0].ids[i] == w[1].ids[i];
+        long id = w[0].ids[i];
+        if (id >= 0 && id < DEPOT_STACKS + 64) {
+            unique &= !seen[id];
+            seen[id] = 1;
+        }
+    }
+    CHECK_EQ(same, DEPOT_STACKS);
+    CHECK(unique, "an id names two stacks");
+    CHECK_EQ(ksm_depot_len(d), DEPOT_STACKS);
+    /* Fill it: new stacks are refused, the stored ones still found. */
+    long r = 0;
+    int more = 0;
+    for (uint64_t i = 1; i <= 4096 && r >= 0; i++) {
+        uint64_t fresh[] = { i, 0xf00d };
+        r = ksm_depot_intern(d, 0, fresh, 2);
+        more += r >= 0;
+    }
+    CHECK_EQ(r, -ENOMEM);
+    for (int i = 0; i < DEPOT_STACKS; i += 97) {
+        uint64_t ips[12];
+        uint32_t nr = 1 + (uint32_t)(i % 12);
+        chain_of(ips, nr, 0xde9000 + (uint64_t)i);
+        CHECK_EQ(ksm_depot_intern(d, 0, ips, nr), w[0].ids[i]);
+    }
+    printf("depot, 2 threads: %d stacks, the same ids in both threads; full after %d more\n",
+           DEPOT_STACKS, more);
+    free(block);
+}
+
+static void test_depot_errnos(void)
+{
+    struct ksm_depot_config cfg = { .capacity = 4, .arena_words = 16, .nr_cpus = 1, .seed = 0 };
+    static _Alignas(8) unsigned char mem[1 << 14];
+    struct ksm_depot *d = NULL;
+    long size = ksm_depot_storage_size(&cfg);
+    CHECK(size > 0 && (size_t)size < sizeof mem, "size %ld", size);
+    CHECK_EQ(ksm_depot_storage_size(NULL), -EINVAL);
+    struct ksm_depot_config bad[] = {
+        { 0, 16, 1, 0 }, { (1u << 24) + 1, 16, 1, 0 }, { 4, 1, 1, 0 },
+        { 4, (1ull << 31) + 1, 1, 0 }, { 4, 16, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(ksm_depot_storage_size(&bad[i]) == -EINVAL, "bad config %zu", i);
+        CHECK(ksm_depot_init(&d, mem, sizeof mem, &bad[i]) == -EINVAL, "bad config %zu", i);
+    }
+    CHECK_EQ(ksm_depot_init(NULL, mem, sizeof mem, &cfg), -EINVAL);
+    CHECK_EQ(ksm_depot_init(&d, NULL, sizeof mem, &cfg), -EINVAL);
+    CHECK_EQ(ksm_depot_init(&d, mem, sizeof mem, NULL), -EINVAL);
+    CHECK_EQ(ksm_depot_init(&d, mem + 3, (size_t)size - 1, &cfg), -ENOMEM);
+    CHECK(d == NULL, "*out written by a failed init");
+    CHECK_EQ(ksm_depot_init(&d, mem + 3, (size_t)size, &cfg), 0);
+    uint64_t a[] = { 1, 2, 3 };
+    const uint64_t *frames;
+    CHECK_EQ(ksm_depot_intern(NULL, 0, a, 3), -EINVAL);
+    CHECK_EQ(ksm_depot_intern(d, 0, NULL, 3), -EINVAL);
+    CHECK_EQ(ksm_depot_intern(d, 0, a, 0), -EINVAL); /* an empty stack */
+    CHECK_EQ(ksm_depot_intern(d, 0, a, 3), 0);
+    CHECK_EQ(ksm_depot_get(d, 1, &frames), -ENOENT);
+    CHECK_EQ(ksm_depot_get(d, 0, NULL), -EINVAL);
+    CHECK_EQ(ksm_depot_get(NULL, 0, &frames), -EINVAL);
+    CHECK_EQ(ksm_depot_clear(d), 0);
+    CHECK_EQ(ksm_depot_len(d), 0);
+    CHECK_EQ(ksm_depot_get(d, 0, &frames), -ENOENT);
+}
+
 /* ---- the errno convention ------------------------------------------- */
 
 static void test_errnos(void)
@@ -472,6 +648,9 @@ int main(int argc, char **argv)
     test_vector_chains_get_kernel_ids();
     test_two_threads_at_an_odd_address();
     test_errnos();
+    test_depot_in_a_static_array();
+    test_depot_two_threads_at_an_odd_address();
+    test_depot_errnos();
     int p = atomic_load(&passed), f = atomic_load(&failed);
     printf("%d passed, %d failed\n", p, f);
     return f ? 1 : 0;
