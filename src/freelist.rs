@@ -621,12 +621,16 @@ impl<'a> FreeList<'a> {
         #[cfg(not(feature = "test-hooks"))]
         {
             let idx: u32;
+            // Link `i` is the u32 at `base + i * stride` (a side array today;
+            // any layout with a fixed stride fits the `mla` below).
+            let base = self.links.as_ptr().cast::<u32>();
+            let stride = size_of::<AtomicU32>() as u32;
             // SAFETY: `head.as_ptr()` is a valid, aligned u32 for the life of
             // `head`, and every other access to it is atomic. The link load
-            // reads `links[idx]` only for `idx < n = links.len()` (checked by
-            // the `cmp`/`bhs` before it), so it stays inside `self.links`,
-            // whose elements are AtomicU32 (same layout as u32) read only
-            // atomically elsewhere; a 32-bit aligned LDR is single-copy
+            // reads `base + idx * stride` only for `idx < n = links.len()`
+            // (checked by the `cmp`/`bhs` before it), which is `links[idx]`,
+            // inside `self.links`, an AtomicU32 (same layout as u32) read
+            // only atomically elsewhere; a 32-bit aligned LDR is single-copy
             // atomic. No store other than the STREX; `nostack`: no stack use.
             // The block reads and writes memory, so the compiler orders it
             // with the surrounding accesses (no `nomem`/`readonly`).
@@ -638,7 +642,8 @@ impl<'a> FreeList<'a> {
                     // idx >= n: empty (all ones >= n) or out of range.
                     "cmp {idx}, {n}",
                     "bhs 3f",
-                    "ldr {next}, [{links}, {idx}, lsl #2]",
+                    "mla {next}, {idx}, {stride}, {base}",
+                    "ldr {next}, [{next}]",
                     "and {next}, {next}, {mask}",
                     // (cur | mask) + 1 = (tag + 1) << I, wrapping.
                     "orr {cur}, {cur}, {mask}",
@@ -655,7 +660,8 @@ impl<'a> FreeList<'a> {
                     "clrex",
                     "4:",
                     head = in(reg) head.as_ptr(),
-                    links = in(reg) self.links.as_ptr(),
+                    base = in(reg) base,
+                    stride = in(reg) stride,
                     mask = in(reg) mask,
                     n = in(reg) n,
                     cur = out(reg) _,
