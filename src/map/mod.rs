@@ -184,12 +184,13 @@ impl StackMapIn<'_> {
     /// it runs (so it may use the map, including that shard), and there is
     /// one hook slot per process: arming again replaces an unfired hook.
     ///
-    /// `arg` is passed through untouched; tests pass the address of the
-    /// state the hook needs (which must then outlive the firing pop). On
+    /// `arg` is passed through untouched (never read by the library);
+    /// tests pass a pointer to the state the hook needs, which must then
+    /// outlive the firing pop. On
     /// the LL/SC targets (thumbv7em, ...) the hook build's pop runs split
     /// around the call, which is only fit for emulators (see
     /// `src/freelist.rs`).
-    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(usize), arg: usize) {
+    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(*const ()), arg: *const ()) {
         self.freelist.arm_pop_hook(cpu, hook, arg);
     }
 
