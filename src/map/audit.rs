@@ -61,3 +61,34 @@ pub enum AuditError {
     /// A bucket or the freelist holds an index `>= max_entries`.
     OutOfRange(u32),
 }
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Display for AuditError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AuditError::Twice(slot) => write!(f, "slot {slot} is in two places"),
+            AuditError::Lost(slot) => write!(f, "slot {slot} is in no bucket and not free"),
+            AuditError::OutOfRange(slot) => {
+                write!(f, "slot index {slot} is out of range (>= max_entries)")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl core::error::Error for AuditError {}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    extern crate std;
+    use super::AuditError;
+    use std::string::ToString;
+
+    #[test]
+    fn audit_error_is_an_error_that_names_the_slot() {
+        let e: &dyn core::error::Error = &AuditError::Twice(3);
+        assert_eq!(e.to_string(), "slot 3 is in two places");
+        assert!(AuditError::Lost(7).to_string().contains("slot 7"));
+        assert!(AuditError::OutOfRange(9).to_string().contains("9"));
+    }
+}
