@@ -48,10 +48,15 @@ pub use error::Error;
 pub use hash::{jhash2, trace_hash};
 #[cfg(feature = "alloc")]
 pub use map::AuditError;
-pub use map::{Config, MapAttr, StackMap, StackMapIn};
+pub use map::{Config, Frames, Iter, MapAttr, StackMap, StackMapIn, StackRef};
 pub use storage::StaticStorage;
 pub use sync::HEAD_INDEX_MAX;
 pub use uapi::{BuildIdStatus, StackBuildId};
+
+/// The `heapless` crate, re-exported on purpose: [`StackMap::iter`] yields
+/// each stack as a [`heapless::Vec`] ([`Frames`]), and this path names the
+/// very version the map uses.
+pub use heapless;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -8,22 +8,28 @@
 //! - `stackid.rs`: `get_stackid` and its variants (the kernel's walk, skip,
 //!   truncation, build ids, `_pe`).
 //! - `syscall.rs`: lookup, delete, get_next_key, update.
+//! - `iter.rs`: [`StackMapIn::iter`], every stored stack without allocating.
 //! - `attr.rs`: creation checks (`BPF_MAP_CREATE`'s errnos).
 //! - `audit.rs`: the conservation check.
+//! - `versioned.rs`: versioned ids ([`StackRef`]): stale-id detection.
 
 mod attr;
 #[cfg(feature = "alloc")]
 mod audit;
+mod iter;
 mod protocol;
 mod stackid;
 mod syscall;
 #[cfg(all(test, feature = "std"))]
 mod tests;
+mod versioned;
 
 pub(crate) use attr::Geometry;
 pub use attr::{Config, MapAttr};
 #[cfg(feature = "alloc")]
 pub use audit::AuditError;
+pub use iter::{Frames, Iter};
+pub use versioned::StackRef;
 
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
@@ -70,6 +76,44 @@ unsafe impl Send for StackMapIn<'_> {}
 unsafe impl Sync for StackMapIn<'_> {}
 
 impl StackMapIn<'static> {
+    /// Creates an ips map for `entries` stacks of up to `max_frames` frames
+    /// each: the common case.
+    ///
+    /// It picks `MapAttr { max_entries: entries, key_size: 4, value_size:
+    /// max_frames * 8, map_flags: 0, numa_node: 0 }` (no build ids, no
+    /// access restriction) and [`Config::default`]: one freelist shard, the
+    /// default `perf_event_max_stack` of 127. For more shards (many CPUs
+    /// inserting at once), build ids or flags, use
+    /// [`with_config`](StackMapIn::with_config).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = kstackmap::StackMap::with_capacity(4096, 64)?;
+    /// assert_eq!(map.attr().value_size, 64 * 8);
+    /// assert_eq!(map.n_buckets(), 4096);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - `Inval`: `entries` or `max_frames` is 0, or `max_frames > 127`.
+    /// - `TooBig`: `entries > 2^31`, or more than this target's freelist
+    ///   can index ([`HEAD_INDEX_MAX`](crate::HEAD_INDEX_MAX)).
+    /// - `NoMem`: the allocation failed.
+    #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
+    pub fn with_capacity(entries: u32, max_frames: u32) -> Result<StackMap, Error> {
+        let attr = MapAttr {
+            max_entries: entries,
+            key_size: 4,
+            // Past u32: more frames than any max_stack allows.
+            value_size: max_frames.checked_mul(8).ok_or(Error::Inval)?,
+            map_flags: 0,
+            numa_node: 0,
+        };
+        Self::with_config(&attr, Config::default())
+    }
+
     /// Creates a map with one CPU and `max_stack` 127 ([`Config::default`]).
     ///
     /// Errors are the kernel's `BPF_MAP_CREATE` errnos: `Inval` for bad

@@ -4,6 +4,7 @@
 //! `protocol.rs`.
 
 use super::protocol::{decide, ip_words, Cmp, Seen, HASH, NR};
+use super::versioned::{seq_of, split, version, StackRef};
 use super::StackMapIn;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::{count_kernel_ips, pe_user_skip};
@@ -43,6 +44,7 @@ impl StackMapIn<'_> {
     /// or panics.
     pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid`](StackMapIn::get_stackid) for build-id maps, turning
@@ -57,6 +59,7 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
     /// `bpf_get_stackid_pe`: `callchain` is a perf sample's callchain, with
@@ -68,6 +71,7 @@ impl StackMapIn<'_> {
     /// past the value here).
     pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid_pe`](StackMapIn::get_stackid_pe) with a resolver for
@@ -80,15 +84,18 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
-    fn stackid<R: VmaResolver + ?Sized>(
+    /// The checks and walk of `bpf_get_stackid`; returns the id with the
+    /// version of the element that held the stack (`versioned.rs`).
+    pub(super) fn stackid<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -103,7 +110,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
         let depth = self.geo.max_depth(skip) as usize;
         let trace = callchain.get(..depth).unwrap_or(callchain);
@@ -116,7 +123,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -139,7 +146,7 @@ impl StackMapIn<'_> {
         trace: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
         if trace.len() <= skip {
             return Err(Error::Fault);
@@ -155,9 +162,10 @@ impl StackMapIn<'_> {
 
         if self.geo.build_id() {
             if fast {
-                let seen = self.observe(bucket, |e| e.word(HASH) == hash);
-                if let Seen::Slot(_, true) = seen {
-                    return Ok(id);
+                let seen = self.observe(bucket, |e| (e.word(HASH) == hash, seq_of(&e)));
+                if let Seen::Slot(b, (true, seq)) = seen {
+                    let version = version(b.wrapping_sub(1), seq);
+                    return Ok(StackRef { id, version });
                 }
             }
             // The kernel pops before comparing build-id stacks (a full map
@@ -167,41 +175,54 @@ impl StackMapIn<'_> {
             self.write(new, hash, nr, |data| {
                 write_build_ids(data, ips, user, resolver)
             });
+            let ours = StackRef {
+                id,
+                version: version(slot, seq_of(&new)),
+            };
             let frame_words = nr as usize * (size_of::<StackBuildId>() / 4);
             loop {
                 let seen = self.observe(bucket, |e| {
-                    if e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words) {
-                        Cmp::Same
-                    } else {
-                        Cmp::Other
-                    }
+                    let same =
+                        e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words);
+                    (if same { Cmp::Same } else { Cmp::Other }, seq_of(&e))
                 });
+                let (seen, theirs) = split(seen);
                 let expect = match decide(seen, reuse) {
                     Ok(expect) => expect,
                     Err(hit_or_exist) => {
                         self.freelist.push(cpu, slot);
-                        return hit_or_exist.map(|()| id);
+                        return hit_or_exist.map(|()| StackRef {
+                            id,
+                            version: theirs,
+                        });
                     }
                 };
                 if self.publish(cpu, bucket, expect, slot, reuse) {
-                    return Ok(id);
+                    return Ok(ours);
                 }
             }
         }
 
         loop {
             let seen = self.observe(bucket, |e| {
-                if e.word(HASH) != hash {
+                let cmp = if e.word(HASH) != hash {
                     Cmp::Other
                 } else if fast || (e.word(NR) == nr && e.eq_ips(ips)) {
                     Cmp::Same
                 } else {
                     Cmp::Other
-                }
+                };
+                (cmp, seq_of(&e))
             });
+            let (seen, theirs) = split(seen);
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
-                Err(hit_or_exist) => return hit_or_exist.map(|()| id),
+                Err(hit_or_exist) => {
+                    return hit_or_exist.map(|()| StackRef {
+                        id,
+                        version: theirs,
+                    })
+                }
             };
             let (slot, new) = self.take_slot(cpu)?;
             self.write(new, hash, nr, |data| {
@@ -212,8 +233,11 @@ impl StackMapIn<'_> {
                     w[1].store(hi, Ordering::Relaxed);
                 }
             });
+            // Read before publishing: afterwards another thread may
+            // replace and rewrite the slot.
+            let version = version(slot, seq_of(&new));
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok(id);
+                return Ok(StackRef { id, version });
             }
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.

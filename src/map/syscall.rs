@@ -11,7 +11,7 @@ use crate::Error;
 
 impl StackMapIn<'_> {
     /// Checks the map-fd permission the kernel checks before the map's code.
-    fn may(&self, read: bool, write: bool) -> Result<(), Error> {
+    pub(super) fn may(&self, read: bool, write: bool) -> Result<(), Error> {
         let f = self.geo.attr.map_flags;
         if (read && f & BPF_F_WRONLY != 0) || (write && f & BPF_F_RDONLY != 0) {
             return Err(Error::Perm);
@@ -19,10 +19,9 @@ impl StackMapIn<'_> {
         Ok(())
     }
 
-    /// Copies slot `e`'s frames into `value` and zeroes the tail.
     /// Copies slot `e`'s frames into `value`, zeroes the tail, and returns
     /// the number of frames.
-    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
+    pub(super) fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
         let nr = (e.word(NR) as usize).min(self.geo.value_frames as usize);
         let len = nr * self.geo.frame_size as usize;
         let (head, tail) = value.split_at_mut(len.min(value.len()));
@@ -34,7 +33,7 @@ impl StackMapIn<'_> {
         nr
     }
 
-    fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
+    pub(super) fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
         value
             .get_mut(..self.geo.attr.value_size as usize)
             .ok_or(Error::Inval)
