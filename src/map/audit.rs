@@ -12,7 +12,15 @@ impl StackMapIn<'_> {
     /// It drains the freelist and pushes the slots back spread over the
     /// CPUs, so the map behaves the same afterwards. Allocates a counter
     /// per slot: a test and debugging aid, not for the hot path.
+    ///
+    /// # Errors
+    ///
+    /// The first broken invariant found: a slot in two places
+    /// ([`AuditError::Twice`]), an index out of range
+    /// ([`AuditError::OutOfRange`]), or a slot in no place
+    /// ([`AuditError::Lost`]).
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     pub fn audit(&mut self) -> Result<(usize, usize), AuditError> {
         let n = self.geo.attr.max_entries as usize;
         let mut count = alloc::vec![0u8; n];
@@ -51,6 +59,7 @@ impl StackMapIn<'_> {
 
 /// What [`StackMapIn::audit`] found wrong: a broken conservation invariant.
 #[cfg(feature = "alloc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuditError {
     /// This slot is in two places (two buckets, a bucket and the freelist,

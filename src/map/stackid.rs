@@ -27,11 +27,33 @@ impl StackMapIn<'_> {
     /// (use [`get_stackid_resolved`](StackMapIn::get_stackid_resolved) to
     /// resolve user frames).
     ///
-    /// Errors, as the kernel: `Inval` for unknown flags, `Fault` when the
-    /// chain is not longer than the skip, `Exist` when another stack holds
-    /// the bucket and `BPF_F_REUSE_STACKID` is not set, `NoMem` when every
-    /// element is in use (on build-id maps even for a known stack: they pop
-    /// an element before comparing, as the kernel does).
+    /// ```
+    /// use kstackmap::{uapi::BPF_F_USER_STACK, StackMap};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = StackMap::with_capacity(1024, 32)?;
+    /// let chain = [0x4011d6, 0x401234, 0x7f00_1234_5678]; // innermost first
+    /// let id = map.get_stackid(0, &chain, BPF_F_USER_STACK)?;
+    /// // The same stack from another CPU: the same id, the kernel's id.
+    /// assert_eq!(map.get_stackid(1, &chain, BPF_F_USER_STACK)?, id);
+    /// assert_eq!(id, kstackmap::trace_hash(&chain) & (map.n_buckets() - 1));
+    /// // Skip the innermost frame (the low 8 bits of flags): another stack.
+    /// let outer = map.get_stackid(0, &chain, 1)?;
+    /// assert_eq!(outer, kstackmap::trace_hash(&chain[1..]) & (map.n_buckets() - 1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As the kernel's:
+    /// - `Inval`: flags other than the skip, `BPF_F_USER_STACK`,
+    ///   `BPF_F_FAST_STACK_CMP` and `BPF_F_REUSE_STACKID`.
+    /// - `Fault`: the chain is not longer than the skip.
+    /// - `Exist`: another stack holds the bucket and `BPF_F_REUSE_STACKID`
+    ///   is not set.
+    /// - `NoMem`: every element is in use (on build-id maps even for a
+    ///   known stack: they take an element before comparing, as the kernel
+    ///   does).
     ///
     /// # Guarantee (stronger than the kernel's)
     ///
@@ -51,6 +73,11 @@ impl StackMapIn<'_> {
     /// user frames (`BPF_F_USER_STACK`) into `(build id, file offset)`
     /// through `resolver`, as the kernel's `stack_map_get_build_id_offset`.
     /// On an ips map the resolver is not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid): `Inval`, `Fault`,
+    /// `Exist`, `NoMem`.
     pub fn get_stackid_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
@@ -69,6 +96,12 @@ impl StackMapIn<'_> {
     /// Each part is cut to `min(value_size / elem + skip, max_stack)` words
     /// with that part's skip, as Linux 6.19 does (older kernels could copy
     /// past the value here).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid) (`Inval`, `Fault`,
+    /// `Exist`, `NoMem`), and `Fault` when the user part's skip would pass
+    /// 255.
     pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
             .map(|r| r.id)
@@ -76,6 +109,10 @@ impl StackMapIn<'_> {
 
     /// [`get_stackid_pe`](StackMapIn::get_stackid_pe) with a resolver for
     /// build-id maps.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid_pe`](StackMapIn::get_stackid_pe).
     pub fn get_stackid_pe_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
