@@ -143,7 +143,9 @@ mod tests {
 
     #[test]
     fn iter_refuses_what_it_cannot_hold() {
+        // Small maps: Miri runs these tests too.
         let bid = MapAttr {
+            max_entries: 4,
             value_size: 64,
             map_flags: BPF_F_STACK_BUILD_ID,
             ..MapAttr::default()
@@ -153,6 +155,7 @@ mod tests {
             Some(Error::Inval)
         );
         let deep = MapAttr {
+            max_entries: 4,
             value_size: 128 * 8,
             ..MapAttr::default()
         };
@@ -163,6 +166,7 @@ mod tests {
         let deep = StackMap::with_config(&deep, cfg).unwrap();
         assert_eq!(deep.iter().err(), Some(Error::Inval));
         let wo = MapAttr {
+            max_entries: 4,
             map_flags: BPF_F_WRONLY,
             ..MapAttr::default()
         };
