@@ -91,6 +91,7 @@ pub mod freelist;
 #[cfg(not(loom))]
 mod freelist;
 mod hash;
+mod hash_stack;
 mod storage;
 mod sync;
 pub mod uapi;
@@ -98,6 +99,7 @@ pub mod uapi;
 // The structures and what feeds them.
 mod build_id;
 mod callchain;
+mod depot;
 mod map;
 #[cfg(feature = "model")]
 #[cfg_attr(docsrs, doc(cfg(feature = "model")))]
@@ -108,6 +110,10 @@ pub use build_id::{BuildId, Vma, VmaResolver};
 #[cfg(feature = "std")]
 pub use build_id::{Mapping, Perms, ProcMaps};
 pub use callchain::{get_stack, get_stack_max, get_stack_pe};
+pub use depot::{
+    DepotConfig, DepotStats, StackDepot, StackDepotIn, StackKind, MAX_ARENA_WORDS, MAX_CAPACITY,
+    PROBE_MAX,
+};
 pub use error::Error;
 pub use hash::{jhash2, trace_hash};
 #[cfg(feature = "alloc")]
