@@ -107,8 +107,7 @@ impl core::error::Error for Error {}
 /// The errno as an [`std::io::Error`], so `?` works in functions returning
 /// `io::Result`.
 ///
-/// On Linux and Android the result is
-/// [`io::Error::from_raw_os_error`](std::io::Error::from_raw_os_error) of
+/// On Linux and Android the result is `io::Error::from_raw_os_error` of
 /// [`Error::errno`]: `raw_os_error()` gives the errno back and `kind()` is
 /// the standard library's for it (`NoEnt` is `NotFound`, `Exist` is
 /// `AlreadyExists`, `Perm` is `PermissionDenied`, ...). Elsewhere the errno

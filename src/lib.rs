@@ -43,6 +43,10 @@
 //!   callchains) variants; the syscall side (`lookup`, `delete`,
 //!   `get_next_key`, ...) with the kernel's errnos ([`Error`]); versioned
 //!   ids ([`StackRef`]).
+//! - [`StackDepot`] ([`StackDepotIn`] over borrowed memory): a stack store
+//!   that never drops or merges a stack (Linux's `lib/stackdepot.c` idea,
+//!   lock-free): `intern` frames to an id that never changes, `get` them
+//!   back zero-copy.
 //! - [`get_stack`] and [`get_stack_pe`]: `bpf_get_stack`, no map involved.
 //! - Build ids: the [`VmaResolver`] trait, an ELF note parser
 //!   ([`parse_build_id`]), and `ProcMaps` (feature `std`) over
