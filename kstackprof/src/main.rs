@@ -43,7 +43,8 @@ SIGTERM, then SIGKILL 2 s later if anything is left; processes that left the
 group (setsid) are caught as orphans and get the same. When the command ends
 by itself, recording stops and what it left in the background is not
 touched. kstackprof exits with the command's status (128+N when signal N
-ended it, as a shell reports it), or 0 when it stopped the command at -d.
+ended it, as a shell reports it), or 0 when kstackprof stopped it (-d, or
+SIGINT/SIGTERM sent to kstackprof).
 
 -p PID samples every thread of the process, also threads it starts later,
 with per-thread events (perf_event_paranoid 1 is enough for your own

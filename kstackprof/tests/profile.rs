@@ -1,47 +1,12 @@
 //! End-to-end tests of the built binary: the demo's designed shares, a real
 //! program against `perf record -g`, and the errors a person sees.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kstackprof");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kstackprof-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run kstackprof");
-    eprintln!(
-        "$ kstackprof {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `stacks.folded` as (frames root first, count).
-fn read_folded(dir: &Path) -> Vec<(Vec<String>, u64)> {
-    let text = std::fs::read_to_string(dir.join("stacks.folded")).expect("stacks.folded");
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("count");
-            (
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
+use common::{assert_one_line_error, is_root as unsafe_is_root, read_folded, run, tmpdir, BIN};
 
 /// Percent of samples whose stack contains `name` anywhere (total time).
 fn total_share(folded: &[(Vec<String>, u64)], name: &str) -> f64 {
@@ -84,7 +49,7 @@ fn top(shares: &HashMap<String, f64>, min_pct: f64) -> Vec<(String, f64)> {
     v
 }
 
-fn check_demo(name: &str, extra: &[&str]) -> Output {
+fn check_demo(name: &str, extra: &[&str]) -> std::process::Output {
     let dir = tmpdir(name);
     let mut args = vec!["demo", "-d", "2", "-F", "1999", "-o", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -235,14 +200,6 @@ fn real_program_matches_perf_record() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-    assert!(!err.contains("backtrace"), "{err}");
-}
-
 #[test]
 fn errors_are_one_line_and_actionable() {
     let dir = tmpdir("errors");
@@ -290,15 +247,8 @@ fn errors_are_one_line_and_actionable() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-/// `-p PID`: CPU-wide events filtered by pid, user frames symbolized from
-/// the running process's `/proc/PID/maps`.
+/// `-p PID`: per-thread events, user frames symbolized from the running
+/// process's `/proc/PID/maps`.
 #[test]
 fn attach_to_a_running_process() {
     let Ok(mut child) = Command::new("perl")
