@@ -66,7 +66,7 @@ impl Strings {
 /// Reads a file's bytes for the build-id parser (positioned reads).
 struct FileSource(std::fs::File);
 
-impl kstackmap::elf_note::ElfSource for FileSource {
+impl kstackmap::ElfSource for FileSource {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> bool {
         self.0.read_exact_at(buf, offset).is_ok()
     }
@@ -74,12 +74,12 @@ impl kstackmap::elf_note::ElfSource for FileSource {
 
 fn file_build_id(path: &Path) -> Option<String> {
     let f = std::fs::File::open(path).ok()?;
-    kstackmap::elf_note::parse_build_id_from(&mut FileSource(f)).map(|id| id.to_string())
+    kstackmap::parse_build_id_from(&mut FileSource(f)).map(|id| id.to_string())
 }
 
 fn kernel_build_id() -> Option<String> {
     let notes = std::fs::read("/sys/kernel/notes").ok()?;
-    kstackmap::elf_note::parse_note_buf(&notes).map(|id| id.to_string())
+    kstackmap::parse_note_buf(&notes).map(|id| id.to_string())
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
