@@ -18,6 +18,7 @@ mod pprof;
 mod record;
 mod stackmap;
 mod symbolize;
+mod vdso;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

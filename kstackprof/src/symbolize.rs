@@ -8,7 +8,9 @@
 //!   Debian's `-dbg`/`-dbgsym` packages install them), and the functions
 //!   inlined at the address as frames of their own;
 //! - addresses in anonymous memory (JIT code) from the process's perf map
-//!   file, `/tmp/perf-PID.map`, when the runtime wrote one.
+//!   file, `/tmp/perf-PID.map`, when the runtime wrote one;
+//! - `[vdso]` frames from a copy of our own vDSO (the same image in every
+//!   64-bit process).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +27,7 @@ use crate::maps::{is_anon, Located};
 use crate::perfmap::PerfMap;
 use crate::record::{Key, Part, Profile, STACK_WORDS};
 use crate::stackmap::StackMap;
+use crate::vdso::VdsoFile;
 
 /// Perf callchain context markers are the top 4095 values
 /// (`PERF_CONTEXT_MAX` = -4095): `PERF_CONTEXT_KERNEL`, `_USER`, ...
@@ -336,16 +339,23 @@ pub fn resolve(profile: &Profile) -> Resolved {
         }
     }
     let mut unames: HashMap<(Arc<Path>, u64), Names> = HashMap::new();
+    let vdso = by_file
+        .keys()
+        .any(|p| p.as_os_str() == "[vdso]")
+        .then(VdsoFile::create)
+        .flatten();
     for (path, mut offs) in by_file {
         offs.sort_unstable();
         offs.dedup();
-        if path.starts_with("[") || !path.is_absolute() {
-            continue;
-        }
+        let file = match &vdso {
+            Some(v) if path.as_os_str() == "[vdso]" => v.path().to_path_buf(),
+            _ if !path.is_absolute() => continue,
+            _ => path.to_path_buf(),
+        };
         // debug_syms: DWARF when present, else the ELF symbol tables; when
         // the debug info cannot be read, the symbol tables alone.
-        let elf = Elf::new(path.to_path_buf());
-        let mut plain = Elf::new(path.to_path_buf());
+        let elf = Elf::new(file.clone());
+        let mut plain = Elf::new(file);
         plain.debug_syms = false;
         let syms = symbolizer
             .symbolize(&Source::Elf(elf), Input::FileOffset(&offs))
