@@ -16,7 +16,7 @@ mod perf;
 mod perfmap;
 mod pprof;
 mod record;
-mod stackmap;
+mod store;
 mod symbolize;
 mod vdso;
 
@@ -280,8 +280,9 @@ fn profile(opts: &Options, common: &Common, title: &str) -> Result<Outcome> {
         common.out.join("flamegraph.svg").display(),
         common.out.join("profile.pb.gz").display()
     );
+    eprintln!("kstackprof: stacks kept in {}", prof.store.describe());
     eprintln!("kstackprof: {}", loss.line(prof.samples));
-    if prof.build_id {
+    if prof.store.build_id() {
         eprintln!(
             "kstackprof: build-id frames stored: {} with (build id, offset), {} as plain ips",
             bid.valid, bid.ip_only

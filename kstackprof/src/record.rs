@@ -31,14 +31,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
-use kstackmap::uapi::{BPF_F_STACK_BUILD_ID, BPF_F_USER_STACK, PERF_MAX_STACK_DEPTH};
-use kstackmap::{Error as MapError, StackBuildId};
+use kstackmap::Error as MapError;
 
 use crate::buildid::{BuildIds, Resolvers};
 use crate::child::{resolve_program, Child, Ended};
 use crate::maps::{Mapping, MapsTable};
 use crate::perf::{self, EventSpec, Record, Ring};
-use crate::stackmap::{Config, MapAttr, StackMap};
+use crate::store::Store;
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -93,8 +92,7 @@ pub struct Key {
 
 /// A finished recording: the stores and everything needed to read them.
 pub struct Profile {
-    pub kernel_map: StackMap,
-    pub user_map: StackMap,
+    pub store: Store,
     pub counts: HashMap<Key, u64>,
     /// Samples taken (of the target).
     pub samples: u64,
@@ -107,8 +105,6 @@ pub struct Profile {
     /// Distinct stacks: distinct (kernel part, user part) pairs.
     pub stacks: usize,
     pub maps: MapsTable,
-    /// Whether `user_map` holds `StackBuildId` frames.
-    pub build_id: bool,
     /// Build ids of the files seen, and back to the files.
     pub build_ids: BuildIds,
     /// When recording started (wall clock) and how long it ran.
@@ -121,20 +117,15 @@ pub struct Profile {
     pub child: Option<Ended>,
 }
 
-/// Words per stored stack (`value_size / 8`).
-pub const STACK_WORDS: u32 = PERF_MAX_STACK_DEPTH;
-
 /// How often `-p` looks for threads it does not sample yet.
 pub const RESCAN: Duration = Duration::from_millis(200);
 
 struct State {
-    kernel_map: StackMap,
-    user_map: StackMap,
+    store: Store,
     counts: HashMap<Key, u64>,
     pairs: HashSet<(Part, Part)>,
     comms: HashMap<u32, Arc<str>>,
     maps: MapsTable,
-    build_id: bool,
     resolvers: Resolvers,
     filter: Option<u32>,
     /// `-p`: threads of the target created by a sampled thread (covered by
@@ -148,16 +139,11 @@ struct State {
 
 impl State {
     fn part(&mut self, user: bool, pid: u32, cpu: usize, chain: &[u64]) -> Part {
-        let res = if !user {
-            self.kernel_map.get_stackid_pe(cpu, chain, 0)
-        } else if self.build_id {
+        let resolver = (user && self.store.build_id()).then(|| {
             self.maps.ensure(pid);
-            let r = self.resolvers.get(pid, &self.maps);
-            self.user_map
-                .get_stackid_pe_resolved(cpu, chain, BPF_F_USER_STACK, r)
-        } else {
-            self.user_map.get_stackid_pe(cpu, chain, BPF_F_USER_STACK)
-        };
+            self.resolvers.get(pid, &self.maps)
+        });
+        let res = self.store.intern(cpu, chain, user, resolver);
         match res {
             Ok(id) => Part::Id(id),
             Err(MapError::Fault) => Part::Absent,
@@ -427,30 +413,6 @@ impl Attach {
     }
 }
 
-fn new_map(entries: u32, nr_cpus: usize, build_id: bool) -> Result<StackMap> {
-    let (frame, map_flags) = if build_id {
-        (
-            std::mem::size_of::<StackBuildId>() as u32,
-            BPF_F_STACK_BUILD_ID,
-        )
-    } else {
-        (8, 0)
-    };
-    let attr = MapAttr {
-        max_entries: entries,
-        key_size: 4,
-        value_size: STACK_WORDS * frame,
-        map_flags,
-        numa_node: 0,
-    };
-    let cfg = Config {
-        nr_cpus,
-        max_stack: PERF_MAX_STACK_DEPTH,
-    };
-    StackMap::with_config(&attr, cfg)
-        .map_err(|e| anyhow!("cannot create a stack map of {entries} entries: {e}"))
-}
-
 /// Checks the target before anything is created on disk: the process
 /// exists, the command can be found.
 ///
@@ -571,13 +533,11 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         }
     };
     let mut state = State {
-        kernel_map: new_map(opts.storage_size, nr_cpus, false)?,
-        user_map: new_map(opts.storage_size, nr_cpus, opts.build_id)?,
+        store: Store::maps(opts.storage_size, nr_cpus, opts.build_id)?,
         counts: HashMap::new(),
         pairs: HashSet::new(),
         comms,
         maps,
-        build_id: opts.build_id,
         resolvers: Resolvers::default(),
         filter,
         inherited: HashSet::new(),
@@ -655,15 +615,13 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
     drop(rings);
     Ok(Profile {
         stacks: state.pairs.len(),
-        kernel_map: state.kernel_map,
-        user_map: state.user_map,
+        store: state.store,
         counts: state.counts,
         samples: state.samples,
         lost: state.lost,
         throttled: state.throttled,
         missed: state.missed,
         maps: state.maps,
-        build_id: state.build_id,
         build_ids: state.resolvers.ids,
         started,
         elapsed,

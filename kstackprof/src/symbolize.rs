@@ -21,19 +21,12 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
-use kstackmap::{BuildId, StackBuildId};
+use kstackmap::BuildId;
 
 use crate::maps::{is_anon, Located};
 use crate::perfmap::PerfMap;
-use crate::record::{Key, Part, Profile, STACK_WORDS};
-use crate::stackmap::StackMap;
+use crate::record::{Key, Part, Profile};
 use crate::vdso::VdsoFile;
-
-/// Perf callchain context markers are the top 4095 values
-/// (`PERF_CONTEXT_MAX` = -4095): `PERF_CONTEXT_KERNEL`, `_USER`, ...
-pub fn is_marker(w: u64) -> bool {
-    w >= (-4095i64) as u64
-}
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,13 +81,6 @@ pub struct Stack {
     pub pcomm: Arc<str>,
     pub frames: Vec<Frame>,
     pub count: u64,
-}
-
-/// Reads a stored stack: the non-zero words, markers removed, innermost first.
-fn read_stack(map: &StackMap, id: u32) -> Option<Vec<u64>> {
-    let mut buf = vec![0u64; STACK_WORDS as usize];
-    let ips = map.lookup_ips(id, &mut buf).ok()?;
-    Some(ips.iter().copied().filter(|&w| !is_marker(w)).collect())
 }
 
 /// How the distinct stored user frames of a build-id map came out.
@@ -158,8 +144,8 @@ fn user_frames_all(
             .locate(key.pid, key.gen, lookup_addr(d, ip))
             .map_or(UFrame::Nowhere(ip), |l| UFrame::At(ip, l))
     };
-    if !profile.build_id {
-        let ips = read_stack(&profile.user_map, id)?;
+    if !profile.store.build_id() {
+        let ips = profile.store.ips(true, id)?;
         return Some(
             ips.iter()
                 .enumerate()
@@ -167,11 +153,10 @@ fn user_frames_all(
                 .collect(),
         );
     }
-    let mut buf = vec![StackBuildId::default(); STACK_WORDS as usize];
-    let frames = profile.user_map.lookup_build_ids(id, &mut buf).ok()?;
-    let frames = frames.iter().filter(|f| !f.ip().is_some_and(is_marker));
+    let frames = profile.store.build_ids(id)?;
     Some(
         frames
+            .iter()
             .enumerate()
             .map(|(d, f)| match (f.offset(), f.ip()) {
                 (Some(off), _) => {
@@ -280,7 +265,7 @@ pub fn resolve(profile: &Profile) -> Resolved {
     for key in profile.counts.keys() {
         if let Part::Id(id) = key.kernel {
             if let std::collections::hash_map::Entry::Vacant(e) = kstacks.entry(id) {
-                if let Some(s) = read_stack(&profile.kernel_map, id) {
+                if let Some(s) = profile.store.ips(false, id) {
                     e.insert(s);
                 }
             }
@@ -498,19 +483,5 @@ pub fn display_name(f: &Frame) -> Cow<'_, str> {
         Kind::Kernel => Cow::Owned(format!("{}_[k]", f.name)),
         Kind::Missed if f.name.contains("Kernel") => Cow::Owned(format!("{}_[k]", f.name)),
         _ => Cow::Borrowed(&f.name),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kstackmap::uapi::{PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER};
-
-    #[test]
-    fn markers() {
-        assert!(is_marker(PERF_CONTEXT_KERNEL));
-        assert!(is_marker(PERF_CONTEXT_USER));
-        assert!(!is_marker(0xffff_ffff_8100_0000));
-        assert!(!is_marker(0x7fff_0000_0000));
     }
 }
