@@ -480,3 +480,48 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn resolved(
+        shallow: &[(&str, u64)],
+        shallow_samples: u64,
+        user_samples: u64,
+    ) -> symbolize::Resolved {
+        symbolize::Resolved {
+            stacks: Vec::new(),
+            build_id: symbolize::BuildIdStats::default(),
+            shallow: shallow
+                .iter()
+                .map(|(p, n)| (Arc::from(Path::new(p)), *n))
+                .collect::<HashMap<_, _>>(),
+            shallow_samples,
+            user_samples,
+            cut_samples: shallow_samples / 2,
+        }
+    }
+
+    #[test]
+    fn frame_pointer_warning_names_the_binaries_when_most_stacks_are_shallow() {
+        let r = resolved(
+            &[("/usr/bin/sha256sum", 80), ("/usr/lib/libc.so.6", 10)],
+            90,
+            100,
+        );
+        let w = frame_pointer_warning(&r).expect("a warning");
+        assert!(
+            w.starts_with("WARNING: 90% of user stacks are only 1-2 frames deep"),
+            "{w}"
+        );
+        assert!(w.contains("sha256sum (89%), libc.so.6 (11%)"), "{w}");
+        assert_eq!(w.lines().count(), 1);
+        // Half or fewer: deep stacks are the norm, no warning.
+        assert!(frame_pointer_warning(&resolved(&[("/bin/x", 50)], 50, 100)).is_none());
+        // Too few samples to say.
+        assert!(frame_pointer_warning(&resolved(&[("/bin/x", 10)], 10, 10)).is_none());
+    }
+}

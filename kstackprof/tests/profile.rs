@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{assert_one_line_error, is_root as unsafe_is_root, read_folded, run, tmpdir, BIN};
+use common::{
+    assert_one_line_error, build_c, is_root as unsafe_is_root, read_folded, run, tmpdir, BIN,
+};
 
 /// Percent of samples whose stack contains `name` anywhere (total time).
 fn total_share(folded: &[(Vec<String>, u64)], name: &str) -> f64 {
@@ -289,6 +291,47 @@ fn attach_to_a_running_process() {
     assert!(
         perl > 50.0,
         "perl's own functions should dominate ({n} samples): {shares:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// JIT code: a function in anonymous executable memory, named only by the
+/// program's `/tmp/perf-PID.map` (tests/jit.c).
+#[test]
+fn jit_code_is_named_from_the_perf_map() {
+    let dir = tmpdir("jit");
+    let Some(exe) = build_c(&dir, "jit") else {
+        return;
+    };
+    let out_dir = dir.join("out");
+    let out = run(&[
+        "record",
+        "-F",
+        "499",
+        "--per-process",
+        "-o",
+        out_dir.to_str().unwrap(),
+        exe.to_str().unwrap(),
+        "600000000",
+    ]);
+    assert!(out.status.success());
+    let folded = read_folded(&out_dir);
+    if let Some(pid) = folded[0].0[0]
+        .rsplit_once("(pid ")
+        .and_then(|(_, r)| r.trim_end_matches(')').parse::<u32>().ok())
+    {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    }
+    let all: u64 = folded.iter().map(|(_, n)| n).sum();
+    let jit: u64 = folded
+        .iter()
+        .filter(|(f, _)| f.last().is_some_and(|l| l == "jitted_counting_loop"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(all >= 50, "only {all} samples");
+    assert!(
+        jit * 10 >= all * 8,
+        "the JIT loop should be named and hold most samples: {jit} of {all}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -121,11 +121,11 @@ pub fn perf_stacks(data: &Path, comm: &str) -> Option<Vec<(Vec<String>, u64)>> {
     Some(stacks)
 }
 
-/// Builds `tests/accuracy.c` with frame pointers; `None` (after saying
-/// SKIPPED) when there is no gcc.
-pub fn build_accuracy(dir: &Path) -> Option<PathBuf> {
-    let exe = dir.join("ksp-accuracy");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/accuracy.c");
+/// Builds `tests/NAME.c` with frame pointers into `dir/ksp-NAME`; `None`
+/// (after saying SKIPPED) when there is no gcc.
+pub fn build_c(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exe = dir.join(format!("ksp-{name}"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
     match Command::new("gcc")
         .args(["-O1", "-fno-omit-frame-pointer", "-g", "-o"])
         .arg(&exe)
@@ -139,6 +139,11 @@ pub fn build_accuracy(dir: &Path) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// `tests/accuracy.c`, built (see [`build_c`]).
+pub fn build_accuracy(dir: &Path) -> Option<PathBuf> {
+    build_c(dir, "accuracy")
 }
 
 pub fn is_root() -> bool {
