@@ -4,6 +4,7 @@
 //! `protocol.rs`.
 
 use super::protocol::{decide, ip_words, Cmp, Seen, HASH, NR};
+use super::versioned::{seq_of, split, version, StackRef};
 use super::StackMapIn;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::{count_kernel_ips, pe_user_skip};
@@ -26,11 +27,33 @@ impl StackMapIn<'_> {
     /// (use [`get_stackid_resolved`](StackMapIn::get_stackid_resolved) to
     /// resolve user frames).
     ///
-    /// Errors, as the kernel: `Inval` for unknown flags, `Fault` when the
-    /// chain is not longer than the skip, `Exist` when another stack holds
-    /// the bucket and `BPF_F_REUSE_STACKID` is not set, `NoMem` when every
-    /// element is in use (on build-id maps even for a known stack: they pop
-    /// an element before comparing, as the kernel does).
+    /// ```
+    /// use kstackmap::{uapi::BPF_F_USER_STACK, StackMap};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = StackMap::with_capacity(1024, 32)?;
+    /// let chain = [0x4011d6, 0x401234, 0x7f00_1234_5678]; // innermost first
+    /// let id = map.get_stackid(0, &chain, BPF_F_USER_STACK)?;
+    /// // The same stack from another CPU: the same id, the kernel's id.
+    /// assert_eq!(map.get_stackid(1, &chain, BPF_F_USER_STACK)?, id);
+    /// assert_eq!(id, kstackmap::trace_hash(&chain) & (map.n_buckets() - 1));
+    /// // Skip the innermost frame (the low 8 bits of flags): another stack.
+    /// let outer = map.get_stackid(0, &chain, 1)?;
+    /// assert_eq!(outer, kstackmap::trace_hash(&chain[1..]) & (map.n_buckets() - 1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As the kernel's:
+    /// - `Inval`: flags other than the skip, `BPF_F_USER_STACK`,
+    ///   `BPF_F_FAST_STACK_CMP` and `BPF_F_REUSE_STACKID`.
+    /// - `Fault`: the chain is not longer than the skip.
+    /// - `Exist`: another stack holds the bucket and `BPF_F_REUSE_STACKID`
+    ///   is not set.
+    /// - `NoMem`: every element is in use (on build-id maps even for a
+    ///   known stack: they take an element before comparing, as the kernel
+    ///   does).
     ///
     /// # Guarantee (stronger than the kernel's)
     ///
@@ -43,12 +66,18 @@ impl StackMapIn<'_> {
     /// or panics.
     pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid`](StackMapIn::get_stackid) for build-id maps, turning
     /// user frames (`BPF_F_USER_STACK`) into `(build id, file offset)`
     /// through `resolver`, as the kernel's `stack_map_get_build_id_offset`.
     /// On an ips map the resolver is not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid): `Inval`, `Fault`,
+    /// `Exist`, `NoMem`.
     pub fn get_stackid_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
@@ -57,6 +86,7 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
     /// `bpf_get_stackid_pe`: `callchain` is a perf sample's callchain, with
@@ -71,12 +101,23 @@ impl StackMapIn<'_> {
     /// chain longer than `max_stack` (its markers come on top of
     /// `max_stack` ips), a skip of `max_stack` gives the empty stack and a
     /// larger one the words past it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid) (`Inval`, `Fault`,
+    /// `Exist`, `NoMem`), and `Fault` when the user part's skip would pass
+    /// 255.
     pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid_pe`](StackMapIn::get_stackid_pe) with a resolver for
     /// build-id maps.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid_pe`](StackMapIn::get_stackid_pe).
     pub fn get_stackid_pe_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
@@ -85,15 +126,18 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
-    fn stackid<R: VmaResolver + ?Sized>(
+    /// The checks and walk of `bpf_get_stackid`; returns the id with the
+    /// version of the element that held the stack (`versioned.rs`).
+    pub(super) fn stackid<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -108,7 +152,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
         let depth = self.geo.max_depth(skip) as usize;
         let trace = callchain.get(..depth).unwrap_or(callchain);
@@ -121,7 +165,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -154,7 +198,7 @@ impl StackMapIn<'_> {
         trace: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
         if trace.len() <= skip {
             return Err(Error::Fault);
@@ -172,7 +216,7 @@ impl StackMapIn<'_> {
         ips: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let hash = trace_hash(ips);
         let id = hash & (self.geo.n_buckets - 1);
         let bucket = self.bucket(id).ok_or(Error::Fault)?;
@@ -182,9 +226,10 @@ impl StackMapIn<'_> {
 
         if self.geo.build_id() {
             if fast {
-                let seen = self.observe(bucket, |e| e.word(HASH) == hash);
-                if let Seen::Slot(_, true) = seen {
-                    return Ok(id);
+                let seen = self.observe(bucket, |e| (e.word(HASH) == hash, seq_of(&e)));
+                if let Seen::Slot(b, (true, seq)) = seen {
+                    let version = version(b.wrapping_sub(1), seq);
+                    return Ok(StackRef { id, version });
                 }
             }
             // The kernel pops before comparing build-id stacks (a full map
@@ -194,41 +239,54 @@ impl StackMapIn<'_> {
             self.write(new, hash, nr, |data| {
                 write_build_ids(data, ips, user, resolver)
             });
+            let ours = StackRef {
+                id,
+                version: version(slot, seq_of(&new)),
+            };
             let frame_words = nr as usize * (size_of::<StackBuildId>() / 4);
             loop {
                 let seen = self.observe(bucket, |e| {
-                    if e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words) {
-                        Cmp::Same
-                    } else {
-                        Cmp::Other
-                    }
+                    let same =
+                        e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words);
+                    (if same { Cmp::Same } else { Cmp::Other }, seq_of(&e))
                 });
+                let (seen, theirs) = split(seen);
                 let expect = match decide(seen, reuse) {
                     Ok(expect) => expect,
                     Err(hit_or_exist) => {
                         self.freelist.push(cpu, slot);
-                        return hit_or_exist.map(|()| id);
+                        return hit_or_exist.map(|()| StackRef {
+                            id,
+                            version: theirs,
+                        });
                     }
                 };
                 if self.publish(cpu, bucket, expect, slot, reuse) {
-                    return Ok(id);
+                    return Ok(ours);
                 }
             }
         }
 
         loop {
             let seen = self.observe(bucket, |e| {
-                if e.word(HASH) != hash {
+                let cmp = if e.word(HASH) != hash {
                     Cmp::Other
                 } else if fast || (e.word(NR) == nr && e.eq_ips(ips)) {
                     Cmp::Same
                 } else {
                     Cmp::Other
-                }
+                };
+                (cmp, seq_of(&e))
             });
+            let (seen, theirs) = split(seen);
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
-                Err(hit_or_exist) => return hit_or_exist.map(|()| id),
+                Err(hit_or_exist) => {
+                    return hit_or_exist.map(|()| StackRef {
+                        id,
+                        version: theirs,
+                    })
+                }
             };
             let (slot, new) = self.take_slot(cpu)?;
             self.write(new, hash, nr, |data| {
@@ -239,8 +297,11 @@ impl StackMapIn<'_> {
                     w[1].store(hi, Ordering::Relaxed);
                 }
             });
+            // Read before publishing: afterwards another thread may
+            // replace and rewrite the slot.
+            let version = version(slot, seq_of(&new));
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok(id);
+                return Ok(StackRef { id, version });
             }
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.
