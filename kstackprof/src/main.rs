@@ -1,11 +1,12 @@
 //! kstackprof: a sampling profiler whose stacks live in a kstackmap
-//! `StackMap`, the way BCC's `profile` keeps them in a BPF stack trace map.
+//! `StackDepot` (or, with `--kernel-map`, in two kernel-exact `StackMap`s,
+//! the way BCC's `profile` keeps them in BPF stack trace maps).
 //!
 //! `perf_event_open` cpu-clock samples (kernel + user callchains) are read
-//! from per-CPU mmap rings; each sample's kernel and user parts go through
-//! `StackMap::get_stackid_pe` into two fixed-size maps; after recording
-//! every stack is looked up once, symbolized (blazesym), and written as
-//! folded stacks, a flame graph (inferno) and a top-N table.
+//! from per-CPU mmap rings; each sample's kernel and user parts are stored
+//! (`store`); after recording every stack is read back once, symbolized
+//! (blazesym), and written as folded stacks, a flame graph (inferno), a
+//! pprof profile and a top-N table.
 
 mod buildid;
 mod child;
@@ -31,7 +32,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use output::Root;
-use record::{Options, Target};
+use record::{Options, StoreKind, Target};
 
 const RECORD_AFTER_HELP: &str = "\
 Targets: a command (with or without `--` before it), -p PID, or the whole
@@ -60,7 +61,7 @@ Writes DIR/stacks.folded, DIR/flamegraph.svg and DIR/profile.pb.gz (pprof:
 #[command(
     name = "kstackprof",
     version,
-    about = "Sampling profiler (perf_event_open cpu-clock) with stacks deduplicated in a kstackmap StackMap"
+    about = "Sampling profiler (perf_event_open cpu-clock) with stacks kept in a kstackmap StackDepot (or, --kernel-map, the kernel-exact StackMap)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -112,6 +113,26 @@ fn parse_entries(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_capacity(s: &str) -> Result<u32, String> {
+    let max = kstackmap::MAX_CAPACITY;
+    match s.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "the depot's capacity is a whole number of stacks from 1 to {max}, not {s:?}"
+        )),
+    }
+}
+
+fn parse_mib(s: &str) -> Result<usize, String> {
+    let max = (kstackmap::MAX_ARENA_WORDS * 8) >> 20;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "the depot's arena is a whole number of MiB from 1 to {max}, not {s:?}"
+        )),
+    }
+}
+
 fn parse_pid(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(p) if p > 0 && p <= i32::MAX as u32 => Ok(p),
@@ -131,10 +152,22 @@ struct Common {
         value_name = "DIR"
     )]
     out: PathBuf,
-    /// Entries in each stack map (kernel and user); raise it when stacks are dropped.
+    /// Keep stacks in two kernel-exact stack maps (kernel part, user part), as BCC's
+    /// `profile` does, instead of the depot: stacks that hash to a taken bucket are dropped.
+    #[arg(long)]
+    kernel_map: bool,
+    /// Entries in each stack map with --kernel-map; raise it when stacks are dropped.
     #[arg(short = 's', long = "stack-storage-size", default_value_t = 16384, value_name = "ENTRIES",
           value_parser = parse_entries, allow_negative_numbers = true)]
     storage_size: u32,
+    /// Most distinct stacks the depot keeps (default: 2 x HZ x SECONDS x CPUs, SECONDS 60
+    /// without -d, from 65,536 to 4,194,304).
+    #[arg(long, value_name = "STACKS", value_parser = parse_capacity, conflicts_with = "kernel_map")]
+    depot_capacity: Option<u32>,
+    /// Size of the depot's frame arena in MiB (default: 128 bytes a stack, 320 with
+    /// --build-id; touched only as it fills).
+    #[arg(long, value_name = "MIB", value_parser = parse_mib, conflicts_with = "kernel_map")]
+    depot_arena_mib: Option<usize>,
     /// Rows in the top-functions table.
     #[arg(long, default_value_t = 15, value_name = "N")]
     top: usize,
@@ -147,6 +180,19 @@ struct Common {
 }
 
 impl Common {
+    fn store(&self) -> StoreKind {
+        if self.kernel_map {
+            StoreKind::KernelMap {
+                entries: self.storage_size,
+            }
+        } else {
+            StoreKind::Depot {
+                capacity: self.depot_capacity,
+                arena_words: self.depot_arena_mib.map(|m| (m << 20) / 8),
+            }
+        }
+    }
+
     fn root(&self) -> Root {
         match (self.per_thread, self.per_process) {
             (true, _) => Root::Thread,
@@ -290,9 +336,17 @@ fn profile(opts: &Options, common: &Common, title: &str) -> Result<Outcome> {
     }
     if prof.missed > 0 {
         eprintln!(
-            "WARNING: {} stack parts ({:.1}% of samples) could not be stored; consider a bigger map (-s/--stack-storage-size)",
+            "WARNING: {} stack parts ({:.1}% of samples) could not be stored; {}",
             prof.missed,
-            pct(prof.missed, prof.samples)
+            pct(prof.missed, prof.samples),
+            match prof.store {
+                store::Store::Maps { .. } => {
+                    "consider a bigger map (-s/--stack-storage-size), or the depot (no --kernel-map)"
+                }
+                store::Store::Depot { .. } => {
+                    "the depot is full: consider --depot-capacity and --depot-arena-mib"
+                }
+            }
         );
     }
     if prof.lost > 0 {
@@ -347,7 +401,7 @@ impl Loss {
     fn line(&self, samples: u64) -> String {
         format!(
             "sample loss: {:.2}% lost in the kernel ({} records, ring full), {} throttling events, \
-             {:.2}% of samples with a stack part not stored ({} map drops)",
+             {:.2}% of samples with a stack part not stored ({} drops)",
             pct(self.lost, samples + self.lost),
             self.lost,
             self.throttled,
@@ -402,7 +456,7 @@ fn run_record(a: RecordArgs) -> Result<ExitCode> {
         target,
         freq: a.freq,
         duration: a.duration.map(Duration::from_secs_f64),
-        storage_size: a.common.storage_size,
+        store: a.common.store(),
         build_id: a.build_id,
     };
     let out = profile(&opts, &a.common, "kstackprof")?;
@@ -422,7 +476,7 @@ fn run_demo(a: DemoArgs) -> Result<ExitCode> {
         ]),
         freq: a.freq,
         duration: None,
-        storage_size: a.common.storage_size,
+        store: a.common.store(),
         build_id: a.build_id,
     };
     let out = profile(&opts, &a.common, "kstackprof demo")?;

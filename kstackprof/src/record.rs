@@ -37,7 +37,7 @@ use crate::buildid::{BuildIds, Resolvers};
 use crate::child::{resolve_program, Child, Ended};
 use crate::maps::{Mapping, MapsTable};
 use crate::perf::{self, EventSpec, Record, Ring};
-use crate::store::Store;
+use crate::store::{DepotSize, Store};
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -56,9 +56,23 @@ pub struct Options {
     pub target: Target,
     pub freq: u64,
     pub duration: Option<Duration>,
-    pub storage_size: u32,
-    /// Store user frames as `StackBuildId`s (a `BPF_F_STACK_BUILD_ID` map).
+    /// Where stacks are kept.
+    pub store: StoreKind,
+    /// Store user frames as `StackBuildId`s.
     pub build_id: bool,
+}
+
+/// Which stack store to record into.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreKind {
+    /// A depot (the default); sized from the rate, the duration and the
+    /// CPUs unless given.
+    Depot {
+        capacity: Option<u32>,
+        arena_words: Option<usize>,
+    },
+    /// Two kernel-exact maps of this many entries (`--kernel-map`).
+    KernelMap { entries: u32 },
 }
 
 /// One part of a sample's stack.
@@ -533,7 +547,25 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         }
     };
     let mut state = State {
-        store: Store::maps(opts.storage_size, nr_cpus, opts.build_id)?,
+        store: match opts.store {
+            StoreKind::KernelMap { entries } => Store::maps(entries, nr_cpus, opts.build_id)?,
+            StoreKind::Depot {
+                capacity,
+                arena_words,
+            } => {
+                let auto = DepotSize::for_recording(
+                    opts.freq,
+                    opts.duration.map(|d| d.as_secs_f64()),
+                    cpus.len(),
+                    opts.build_id,
+                );
+                let size = DepotSize {
+                    capacity: capacity.unwrap_or(auto.capacity),
+                    arena_words: arena_words.unwrap_or(auto.arena_words),
+                };
+                Store::depot(size, nr_cpus, opts.build_id)?
+            }
+        },
         counts: HashMap::new(),
         pairs: HashSet::new(),
         comms,

@@ -117,6 +117,18 @@ fn bad_arguments_are_one_line_and_touch_nothing() {
         (&["-d", "0", "true"], "positive number of seconds"),
         (&["-d", "soon", "true"], "positive number of seconds"),
         (&["-s", "0", "--", "true"], "at least 1 entry"),
+        (
+            &["--depot-capacity", "0", "true"],
+            "the depot's capacity is a whole number",
+        ),
+        (
+            &["--depot-arena-mib", "-3", "true"],
+            "the depot's arena is a whole number of MiB",
+        ),
+        (
+            &["--kernel-map", "--depot-capacity", "9", "true"],
+            "cannot be used with",
+        ),
         (&["-F", "0", "--", "true"], "at least 1 Hz"),
         (&["-F", "-5", "--", "true"], "whole number of Hz"),
         (

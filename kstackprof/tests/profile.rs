@@ -82,28 +82,109 @@ fn check_demo(name: &str, extra: &[&str]) -> std::process::Output {
     out
 }
 
+/// The demo in the depot (the default) and in the kernel-exact maps.
 #[test]
 fn demo_hot_functions_have_their_designed_shares() {
-    check_demo("demo", &[]);
+    let out = check_demo("demo", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stacks kept in a stack depot"), "{err}");
+    let out = check_demo("demo-map", &["--kernel-map"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stacks kept in two kernel-exact stack maps"),
+        "{err}"
+    );
 }
 
-/// The same through a `BPF_F_STACK_BUILD_ID` map: user frames stored as
-/// (build id, file offset) and symbolized offline.
-#[test]
-fn build_id_demo_symbolizes_offline() {
-    let out = check_demo("demo-build-id", &["--build-id"]);
+fn build_id_frames(out: &std::process::Output) -> u64 {
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
         .find(|l| l.contains("build-id frames stored:"))
         .expect("build-id summary line");
-    let valid: u64 = line
-        .split_whitespace()
+    line.split_whitespace()
         .skip_while(|w| *w != "stored:")
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .expect("a count");
-    assert!(valid > 0, "no VALID build-id frames: {line}");
+        .expect("a count")
+}
+
+/// User frames stored as (build id, file offset) and symbolized offline:
+/// `StackBuildId` frames in the depot, and in a `BPF_F_STACK_BUILD_ID` map.
+#[test]
+fn build_id_demo_symbolizes_offline() {
+    let out = check_demo("demo-build-id", &["--build-id"]);
+    assert!(
+        build_id_frames(&out) > 0,
+        "no VALID build-id frames in the depot"
+    );
+    let out = check_demo("demo-build-id-map", &["--build-id", "--kernel-map"]);
+    assert!(
+        build_id_frames(&out) > 0,
+        "no VALID build-id frames in the map"
+    );
+}
+
+/// The drop count of one run (`(N drops)` in the loss line).
+fn drops(out: &std::process::Output) -> u64 {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("sample loss:"))
+        .expect("a loss line");
+    line.rsplit_once('(')
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in {line:?}"))
+}
+
+/// The depot keeps every stack a small kernel-exact map drops (8 buckets
+/// for the C workload's dozens of stacks), and a depot too small for them
+/// reports its drops as a share of the samples.
+#[test]
+fn depot_keeps_what_a_kernel_map_drops() {
+    let dir = tmpdir("depot-drops");
+    let Some(exe) = build_c(&dir, "accuracy") else {
+        return;
+    };
+    let o = dir.join("out");
+    let o = o.to_str().unwrap();
+    let exe = exe.to_str().unwrap();
+    let map = run(&[
+        "record",
+        "-F",
+        "999",
+        "--kernel-map",
+        "-s",
+        "8",
+        "-o",
+        o,
+        exe,
+        "400",
+    ]);
+    assert!(map.status.success());
+    assert!(drops(&map) > 0, "8 buckets should drop some of the stacks");
+    let depot = run(&["record", "-F", "999", "-o", o, exe, "400"]);
+    assert!(depot.status.success());
+    assert_eq!(drops(&depot), 0, "the depot drops nothing when it has room");
+    let tiny = run(&[
+        "record",
+        "-F",
+        "999",
+        "--depot-capacity",
+        "2",
+        "-o",
+        o,
+        exe,
+        "400",
+    ]);
+    assert!(tiny.status.success());
+    assert!(drops(&tiny) > 0);
+    let err = String::from_utf8_lossy(&tiny.stderr);
+    assert!(
+        err.contains("% of samples) could not be stored") && err.contains("--depot-capacity"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Perl loop (perl exports its interpreter symbols, so both profilers
