@@ -13,15 +13,19 @@
  *
  * Shares are set by work, not time, so a busy machine changes only how
  * long it takes (cpu-clock samples are taken only while it runs). A round
- * takes about a millisecond of CPU and 2500 rounds give some 2500 samples
- * at 999 Hz, spread evenly over the calls of every round.
+ * takes about 0.1 ms of CPU, fine-grained so that what other processes
+ * do to the CPU (caches, a shared core) falls evenly on the functions, and
+ * its calls come in a new random order each time, so that the sampling
+ * period cannot lock onto the rhythm of the rounds (each sample then hits
+ * a function with the probability of its share). 40000 rounds give some
+ * 20000 samples at 4999 Hz.
  *
- * Usage: accuracy [ROUNDS]   (default 2500)
+ * Usage: accuracy [ROUNDS]   (default 40000)
  */
 #include <stdint.h>
 #include <stdlib.h>
 
-#define UNIT 50000ULL
+#define UNIT 5000ULL
 
 /* The unit of work: an xorshift chain, in each function's own body (no
  * call: the function itself is the leaf). volatile keeps the compiler from
@@ -53,13 +57,27 @@ __attribute__((noinline)) void path_two(uint64_t units) { fn_c(units); sink++; }
 
 int main(int argc, char **argv)
 {
-	long rounds = argc > 1 ? atol(argv[1]) : 2500;
+	long rounds = argc > 1 ? atol(argv[1]) : 40000;
+	struct {
+		void (*fn)(uint64_t);
+		uint64_t units;
+	} calls[] = {{fn_a, 4}, {fn_b, 3}, {path_one, 1}, {path_two, 1}, {fn_d, 1}};
+	const int n = sizeof calls / sizeof calls[0];
+	uint64_t rng = 0x9e3779b97f4a7c15ULL;
 	for (long r = 0; r < rounds; r++) {
-		fn_a(4);
-		fn_b(3);
-		path_one(1);
-		path_two(1);
-		fn_d(1);
+		/* A new order every round (Fisher-Yates on an xorshift), so that
+		 * the sampling period cannot lock onto the round's rhythm. */
+		for (int i = n - 1; i > 0; i--) {
+			rng ^= rng << 13;
+			rng ^= rng >> 7;
+			rng ^= rng << 17;
+			int j = (int)(rng % (uint64_t)(i + 1));
+			__typeof__(calls[0]) t = calls[i];
+			calls[i] = calls[j];
+			calls[j] = t;
+		}
+		for (int i = 0; i < n; i++)
+			calls[i].fn(calls[i].units);
 	}
 	return 0;
 }

@@ -103,15 +103,15 @@ fn designed_shares_match_perf_record_and_the_design() {
         BIN,
         "record",
         "-F",
-        "999",
+        "4999",
         "-o",
         out_dir.to_str().unwrap(),
         "--",
         exe.to_str().unwrap(),
-        "2500",
+        "40000",
     ];
     let perf_run = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "4999", "-g", "-o"])
         .arg(&data)
         .arg("--")
         .args(ours)
@@ -143,13 +143,13 @@ fn designed_shares_match_perf_record_and_the_design() {
         .collect();
     let (my_self, my_total, my_n) = shares(mine.iter().map(|(f, n)| (f.as_slice(), *n)), 1);
     eprintln!("kstackprof: {my_n} samples of ksp-accuracy");
-    assert!(my_n >= 1000, "only {my_n} samples");
+    assert!(my_n >= 5000, "only {my_n} samples");
 
     let perf = if perf_ok {
         let stacks = perf_stacks(&data, "ksp-accuracy").expect("perf script");
         let (s, t, n) = shares(stacks.iter().map(|(f, n)| (f.as_slice(), *n)), 0);
         eprintln!("perf record -g: {n} samples of ksp-accuracy");
-        assert!(n >= 1000, "perf saw only {n} samples");
+        assert!(n >= 5000, "perf saw only {n} samples");
         Some((s, t))
     } else {
         None

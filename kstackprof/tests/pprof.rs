@@ -103,7 +103,7 @@ fn profile_pb_gz_holds_the_recording_and_pprof_agrees_with_the_table() {
         "-o",
         out_dir.to_str().unwrap(),
         exe.to_str().unwrap(),
-        "800",
+        "8000",
     ]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);

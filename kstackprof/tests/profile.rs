@@ -159,11 +159,11 @@ fn depot_keeps_what_a_kernel_map_drops() {
         "-o",
         o,
         exe,
-        "400",
+        "4000",
     ]);
     assert!(map.status.success());
     assert!(drops(&map) > 0, "8 buckets should drop some of the stacks");
-    let depot = run(&["record", "-F", "999", "-o", o, exe, "400"]);
+    let depot = run(&["record", "-F", "999", "-o", o, exe, "4000"]);
     assert!(depot.status.success());
     assert_eq!(drops(&depot), 0, "the depot drops nothing when it has room");
     let tiny = run(&[
@@ -175,7 +175,7 @@ fn depot_keeps_what_a_kernel_map_drops() {
         "-o",
         o,
         exe,
-        "400",
+        "4000",
     ]);
     assert!(tiny.status.success());
     assert!(drops(&tiny) > 0);
