@@ -101,6 +101,11 @@
 //! visible to every thread the list is shared with afterwards (sharing it
 //! needs its own happens-before edge: spawning a thread, a Release store of
 //! the map pointer, ...).
+//!
+//! The module is crate-private; with `--cfg loom` it is public so that the
+//! models in `loom-tests/` can drive it directly. Some helpers exist only
+//! for them and the unit tests.
+#![cfg_attr(not(any(loom, test)), allow(dead_code))]
 
 #[cfg(feature = "alloc")]
 use alloc::{boxed::Box, vec::Vec};

@@ -15,47 +15,48 @@
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(any(feature = "alloc", loom))]
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-mod attr;
-pub mod build_id;
-pub mod callchain;
-mod depot;
-pub mod elf_note;
+// The base: UAPI facts, errors, hashes, the loom switch, the freelist and
+// the memory layout of caller-provided storage.
 mod error;
+#[cfg(loom)]
 pub mod freelist;
+#[cfg(not(loom))]
+mod freelist;
+mod hash;
 mod hash_stack;
-pub mod jhash;
-mod map;
-#[cfg(all(test, feature = "std"))]
-mod map_tests;
-#[cfg(feature = "model")]
-pub mod model;
-#[cfg(feature = "std")]
-pub mod proc_maps;
 mod storage;
 mod sync;
 pub mod uapi;
 
-pub use attr::{Config, MapAttr};
+// The structures and what feeds them.
+mod build_id;
+mod callchain;
+mod depot;
+mod map;
+#[cfg(feature = "model")]
+pub mod model;
+
+pub use build_id::{parse_build_id, parse_build_id_from, parse_note_buf, BuildIdNote, ElfSource};
 pub use build_id::{BuildId, Vma, VmaResolver};
+#[cfg(feature = "std")]
+pub use build_id::{Mapping, Perms, ProcMaps};
 pub use callchain::{get_stack, get_stack_max, get_stack_pe};
 pub use depot::{
     DepotConfig, DepotStats, StackDepot, StackDepotIn, StackKind, MAX_ARENA_WORDS, MAX_CAPACITY,
     PROBE_MAX,
 };
-pub use elf_note::{parse_build_id, BuildIdNote};
 pub use error::Error;
-pub use jhash::{jhash2, trace_hash};
+pub use hash::{jhash2, trace_hash};
 #[cfg(feature = "alloc")]
 pub use map::AuditError;
-pub use map::{StackMap, StackMapIn};
-#[cfg(feature = "std")]
-pub use proc_maps::ProcMaps;
+pub use map::{Config, MapAttr, StackMap, StackMapIn};
 pub use storage::StaticStorage;
+pub use sync::HEAD_INDEX_MAX;
 pub use uapi::{BuildIdStatus, StackBuildId};
 
 /// The README's examples, compiled and run as doc tests.

@@ -21,8 +21,8 @@ use core::cell::UnsafeCell;
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::sync::atomic::AtomicBool;
 
-use crate::attr::Geometry;
 use crate::freelist::{self, Head};
+use crate::map::Geometry;
 use crate::sync::AtomicU32;
 use crate::Error;
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kstackmap::elf_note::{parse_build_id, BuildIdNote};
+use kstackmap::{parse_build_id, BuildIdNote};
 use kstackmap::{ProcMaps, VmaResolver};
 use object::elf::{PF_X, PT_LOAD};
 use object::read::elf::{ElfFile64, ProgramHeader};
@@ -290,7 +290,7 @@ fn for_pid_resolves_own_function_and_libc() {
 fn real_maps_round_trip_and_parse_agrees_with_for_pid() {
     let text = fs::read_to_string("/proc/self/maps").unwrap();
     for line in text.lines() {
-        let m: kstackmap::proc_maps::Mapping = line.parse().unwrap();
+        let m: kstackmap::Mapping = line.parse().unwrap();
         assert_eq!(m.to_string(), line);
     }
     let by_path = ProcMaps::parse(&text).unwrap();

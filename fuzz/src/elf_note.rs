@@ -20,7 +20,10 @@
 //! error. Outside that the two parsers read different things and only
 //! the no-panic and well-formedness checks apply.
 
-use kstackmap::elf_note::{parse_build_id, parse_note_buf, BuildIdNote, MAX_PHDR_CNT};
+use kstackmap::{parse_build_id, parse_note_buf, BuildIdNote};
+
+/// The kernel's cap on program headers read (`MAX_PHDR_CNT` in lib/buildid.c).
+const MAX_PHDR_CNT: u16 = 256;
 use object::elf::{FileHeader32, FileHeader64, NT_GNU_BUILD_ID, PT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;

@@ -13,7 +13,7 @@
 //! when no mapping names a file (path not starting with `/`), and must
 //! then give the same result.
 
-use kstackmap::proc_maps::Mapping;
+use kstackmap::Mapping;
 use kstackmap::{ProcMaps, VmaResolver};
 
 /// Runs the check on one input; panics on a disagreement.

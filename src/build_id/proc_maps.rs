@@ -1,57 +1,5 @@
 //! [`ProcMaps`]: a [`VmaResolver`] over a process's `/proc/PID/maps`, with
 //! the build id of every mapped ELF file (feature `std`).
-//!
-//! # What the kernel does, and what this does
-//!
-//! The kernel's stack map asks `find_vma` for the first mapping whose end
-//! is above an ip, then `build_id_parse` on that mapping's `vm_file`,
-//! always from the start of the *file* (not of the mapped part), so every
-//! mapping of one file has the file's build id. A mapping without a
-//! `vm_file` (anonymous memory, `[heap]`, `[stack]`, and the special
-//! mappings `[vdso]`, `[vvar]`, `[vsyscall]`) has none, and neither has a
-//! file that is not an ELF executable or shared object with a build id
-//! note. Here:
-//!
-//! - Only lines whose path starts with `/` are files ([`Mapping::file_path`]);
-//!   `[...]` pseudo-paths, `anon_inode:...` and empty paths get no build id.
-//! - Only regular files are read (a FIFO or device node could block or have
-//!   side effects), through [`parse_build_id_from`]: the ELF header, the
-//!   program headers and the note segments, not the whole file.
-//! - Each file is opened at most once per [`ProcMaps`]: results are cached
-//!   per (device, inode, path) as the maps line gives them.
-//! - A file that is gone, unreadable, not ELF or without a build id gives
-//!   that mapping no build id (per-frame IP fallback in the map); it is
-//!   never an error for the whole map.
-//!
-//! [`ProcMaps::for_pid`] opens each file through
-//! `/proc/PID/map_files/START-END` (the very file the process mapped, even
-//! if it was deleted or replaced; needs `CAP_SYS_ADMIN` or
-//! `CAP_CHECKPOINT_RESTORE`), then `/proc/PID/root/PATH` and `PATH` (only
-//! for files not marked ` (deleted)`, and only if the inode still matches
-//! the maps line). [`ProcMaps::parse`] has no process to ask and uses
-//! `PATH` alone, with the same checks.
-//!
-//! # Line format
-//!
-//! `start-end perms offset major:minor inode [path]`, as
-//! `fs/proc/task_mmu.c` prints it: hex addresses and offset, hex device
-//! numbers, decimal inode, and the path padded to column 73 (a 64-bit
-//! kernel's width). The path is everything after the inode but the spaces
-//! before it: it may contain spaces and end in ` (deleted)`. Displaying a
-//! parsed [`Mapping`] gives the kernel's line back (same fields, and for
-//! kernel-printed input the same text), so parsing is checked by a
-//! round trip.
-//!
-//! # Invariants
-//!
-//! - Mappings are sorted by `end` (then `start`); `start < end` for each.
-//!   The kernel's mappings never overlap, so that is also the order by
-//!   `start`. Overlapping lines (possible in a racy multi-`read` of the
-//!   maps file) are kept; `find_vma` still returns the mapping with the
-//!   lowest end above the ip, its definition.
-//! - `build_ids` has one entry per mapping, in the same order.
-//! - Parsing is total: any text gives `Ok` or an `InvalidData` error,
-//!   never a panic.
 
 use core::fmt;
 use core::str::FromStr;
@@ -63,8 +11,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use super::elf_note::{parse_build_id_from, BuildIdNote, ElfSource};
 use crate::build_id::{Vma, VmaResolver};
-use crate::elf_note::{parse_build_id_from, BuildIdNote, ElfSource};
 
 /// The column the kernel pads the path to (`25 + sizeof(void *) * 6 - 1`
 /// on a 64-bit kernel), after which it writes one space.
@@ -270,6 +218,60 @@ impl fmt::Display for Mapping {
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Details
+///
+/// # What the kernel does, and what this does
+///
+/// The kernel's stack map asks `find_vma` for the first mapping whose end
+/// is above an ip, then `build_id_parse` on that mapping's `vm_file`,
+/// always from the start of the *file* (not of the mapped part), so every
+/// mapping of one file has the file's build id. A mapping without a
+/// `vm_file` (anonymous memory, `[heap]`, `[stack]`, and the special
+/// mappings `[vdso]`, `[vvar]`, `[vsyscall]`) has none, and neither has a
+/// file that is not an ELF executable or shared object with a build id
+/// note. Here:
+///
+/// - Only lines whose path starts with `/` are files ([`Mapping::file_path`]);
+///   `[...]` pseudo-paths, `anon_inode:...` and empty paths get no build id.
+/// - Only regular files are read (a FIFO or device node could block or have
+///   side effects), through [`parse_build_id_from`]: the ELF header, the
+///   program headers and the note segments, not the whole file.
+/// - Each file is opened at most once per [`ProcMaps`]: results are cached
+///   per (device, inode, path) as the maps line gives them.
+/// - A file that is gone, unreadable, not ELF or without a build id gives
+///   that mapping no build id (per-frame IP fallback in the map); it is
+///   never an error for the whole map.
+///
+/// [`ProcMaps::for_pid`] opens each file through
+/// `/proc/PID/map_files/START-END` (the very file the process mapped, even
+/// if it was deleted or replaced; needs `CAP_SYS_ADMIN` or
+/// `CAP_CHECKPOINT_RESTORE`), then `/proc/PID/root/PATH` and `PATH` (only
+/// for files not marked ` (deleted)`, and only if the inode still matches
+/// the maps line). [`ProcMaps::parse`] has no process to ask and uses
+/// `PATH` alone, with the same checks.
+///
+/// # Line format
+///
+/// `start-end perms offset major:minor inode [path]`, as
+/// `fs/proc/task_mmu.c` prints it: hex addresses and offset, hex device
+/// numbers, decimal inode, and the path padded to column 73 (a 64-bit
+/// kernel's width). The path is everything after the inode but the spaces
+/// before it: it may contain spaces and end in ` (deleted)`. Displaying a
+/// parsed [`Mapping`] gives the kernel's line back (same fields, and for
+/// kernel-printed input the same text), so parsing is checked by a
+/// round trip.
+///
+/// # Invariants
+///
+/// - Mappings are sorted by `end` (then `start`); `start < end` for each.
+///   The kernel's mappings never overlap, so that is also the order by
+///   `start`. Overlapping lines (possible in a racy multi-`read` of the
+///   maps file) are kept; `find_vma` still returns the mapping with the
+///   lowest end above the ip, its definition.
+/// - `build_ids` has one entry per mapping, in the same order.
+/// - Parsing is total: any text gives `Ok` or an `InvalidData` error,
+///   never a panic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcMaps {
     maps: Vec<Mapping>,
@@ -278,7 +280,7 @@ pub struct ProcMaps {
 
 impl ProcMaps {
     /// Parses maps text (every non-empty line) and reads the build id of
-    /// each mapped file by its path (see the [module docs](self)).
+    /// each mapped file by its path (see [`ProcMaps`]).
     /// Malformed text is an `InvalidData` error; unreadable files are not
     /// errors.
     pub fn parse(maps_text: &str) -> io::Result<Self> {
@@ -309,7 +311,7 @@ impl ProcMaps {
     }
 
     /// Reads `/proc/PID/maps` and the build ids of the mapped files (see
-    /// the [module docs](self)).
+    /// [`ProcMaps`]).
     ///
     /// # Errors
     ///
@@ -345,7 +347,7 @@ impl ProcMaps {
         }
     }
 
-    /// The mappings, sorted (see the [module docs](self)).
+    /// The mappings, sorted (see [`ProcMaps`]).
     pub fn mappings(&self) -> &[Mapping] {
         &self.maps
     }

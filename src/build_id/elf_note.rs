@@ -1,57 +1,5 @@
 //! A `no_std`, allocation-free reader of the GNU build id note of an ELF
 //! file, with the kernel's semantics (`lib/buildid.c`, Linux 6.12 and later).
-//!
-//! # What it does, step by step (the kernel's `__build_id_parse`)
-//!
-//! 1. The first 18 bytes must hold `\x7fELF` and an `e_type` of `ET_EXEC`
-//!    or `ET_DYN`; `EI_CLASS` must be `ELFCLASS32` or `ELFCLASS64`.
-//! 2. The whole ELF header must be readable. At most [`MAX_PHDR_CNT`]
-//!    program headers are looked at (`e_phnum` is clamped, not rejected);
-//!    `e_phoff + e_phnum * e_phentsize` must not overflow. Section headers
-//!    are never looked at: the kernel has no `SHT_NOTE` fallback.
-//! 3. Program headers are read in order; one that cannot be read ends the
-//!    parse with no build id, even if later ones would have had one.
-//! 4. For each `PT_NOTE` header, the notes in `[p_offset, p_offset +
-//!    p_filesz)` are walked: `p_filesz` is truncated to 32 bits (the kernel
-//!    passes it as an `Elf32_Word`), and the segment's end must fit in 32
-//!    bits. Notes are stepped over with **4-byte alignment whatever
-//!    `p_align` says** (the kernel's `ALIGN(n, 4)`, in 32-bit arithmetic
-//!    that wraps for sizes within 3 of `u32::MAX`, reproduced here on
-//!    purpose). A note is read only while more than 16 bytes of the segment
-//!    remain; a note whose padded end lies past the segment's end ends the
-//!    walk of that segment.
-//! 5. The first note with `n_type == NT_GNU_BUILD_ID`, `n_namesz == 4`,
-//!    name `"GNU\0"` and `1 <= n_descsz <= 20` wins: its descriptor is
-//!    copied and zero-padded to 20 bytes. Notes with a longer or empty
-//!    descriptor are skipped (the walk goes on), not rejected. A segment in
-//!    which nothing is found, or whose bytes cannot be read, is skipped and
-//!    the next program header is tried.
-//!
-//! # Where this differs from the kernel, on purpose
-//!
-//! - Byte order: the kernel reads every field in the host's byte order
-//!   (it never looks at `EI_DATA`), so on a little-endian host it finds no
-//!   build id in a big-endian file. Here `EI_DATA` is honoured (`ELFDATA2LSB`
-//!   / `ELFDATA2MSB`; any other value means the host's order, as the kernel
-//!   would read it). Files of the host's byte order, the only ones a process
-//!   can map and run, give exactly the kernel's answer.
-//! - Reads: the kernel reads from the page cache and, in the non-faulting
-//!   path the BPF helpers use, fails when a page is not cached; it also sees
-//!   zeros past the end of the file inside the last cached page. Here a
-//!   read fails exactly when it reaches past the end of the bytes the
-//!   [`ElfSource`] has.
-//!
-//! # Invariants
-//!
-//! - Total and panic-free: every read goes through [`ElfSource`] with an
-//!   offset and length checked for overflow; there is no slice indexing
-//!   that can fail, no unchecked arithmetic (the one deliberate wrap,
-//!   `ALIGN`, uses `wrapping_add`), no recursion and no allocation.
-//! - Work is bounded: at most [`MAX_PHDR_CNT`] program headers, and every
-//!   note step advances at least 12 bytes through a segment of at most
-//!   4 GiB that must also be readable.
-//! - A returned [`BuildIdNote`] has `1..=20` significant bytes and zero
-//!   padding after them.
 
 use core::fmt;
 
@@ -59,12 +7,12 @@ use crate::build_id::BuildId;
 use crate::uapi::BUILD_ID_SIZE_MAX;
 
 /// `n_type` of the GNU build id note (`NT_GNU_BUILD_ID`).
-pub const NT_GNU_BUILD_ID: u32 = 3;
+pub(crate) const NT_GNU_BUILD_ID: u32 = 3;
 /// `p_type` of a note segment (`PT_NOTE`).
-pub const PT_NOTE: u32 = 4;
+pub(crate) const PT_NOTE: u32 = 4;
 /// The most program headers the kernel looks at (`MAX_PHDR_CNT`); a larger
 /// `e_phnum` is clamped to it.
-pub const MAX_PHDR_CNT: u16 = 256;
+pub(crate) const MAX_PHDR_CNT: u16 = 256;
 
 const ELFMAG: [u8; 4] = *b"\x7fELF";
 const EI_CLASS: usize = 4;
@@ -185,7 +133,7 @@ impl ElfSource for &[u8] {
 }
 
 /// The build id of an ELF executable or shared object held in memory, as
-/// the kernel's `build_id_parse` finds it (see the [module docs](self)):
+/// the kernel's `build_id_parse` finds it (see below):
 /// `PT_NOTE` segments only, the first `NT_GNU_BUILD_ID` note named `"GNU"`
 /// with a 1 to 20 byte descriptor.
 ///
@@ -203,13 +151,67 @@ impl ElfSource for &[u8] {
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # How it reads the file
+///
+/// ## What it does, step by step (the kernel's `__build_id_parse`)
+///
+/// 1. The first 18 bytes must hold `\x7fELF` and an `e_type` of `ET_EXEC`
+///    or `ET_DYN`; `EI_CLASS` must be `ELFCLASS32` or `ELFCLASS64`.
+/// 2. The whole ELF header must be readable. At most `MAX_PHDR_CNT` (256)
+///    program headers are looked at (`e_phnum` is clamped, not rejected);
+///    `e_phoff + e_phnum * e_phentsize` must not overflow. Section headers
+///    are never looked at: the kernel has no `SHT_NOTE` fallback.
+/// 3. Program headers are read in order; one that cannot be read ends the
+///    parse with no build id, even if later ones would have had one.
+/// 4. For each `PT_NOTE` header, the notes in `[p_offset, p_offset +
+///    p_filesz)` are walked: `p_filesz` is truncated to 32 bits (the kernel
+///    passes it as an `Elf32_Word`), and the segment's end must fit in 32
+///    bits. Notes are stepped over with **4-byte alignment whatever
+///    `p_align` says** (the kernel's `ALIGN(n, 4)`, in 32-bit arithmetic
+///    that wraps for sizes within 3 of `u32::MAX`, reproduced here on
+///    purpose). A note is read only while more than 16 bytes of the segment
+///    remain; a note whose padded end lies past the segment's end ends the
+///    walk of that segment.
+/// 5. The first note with `n_type == NT_GNU_BUILD_ID`, `n_namesz == 4`,
+///    name `"GNU\0"` and `1 <= n_descsz <= 20` wins: its descriptor is
+///    copied and zero-padded to 20 bytes. Notes with a longer or empty
+///    descriptor are skipped (the walk goes on), not rejected. A segment in
+///    which nothing is found, or whose bytes cannot be read, is skipped and
+///    the next program header is tried.
+///
+/// # Where this differs from the kernel, on purpose
+///
+/// - Byte order: the kernel reads every field in the host's byte order
+///   (it never looks at `EI_DATA`), so on a little-endian host it finds no
+///   build id in a big-endian file. Here `EI_DATA` is honoured (`ELFDATA2LSB`
+///   / `ELFDATA2MSB`; any other value means the host's order, as the kernel
+///   would read it). Files of the host's byte order, the only ones a process
+///   can map and run, give exactly the kernel's answer.
+/// - Reads: the kernel reads from the page cache and, in the non-faulting
+///   path the BPF helpers use, fails when a page is not cached; it also sees
+///   zeros past the end of the file inside the last cached page. Here a
+///   read fails exactly when it reaches past the end of the bytes the
+///   [`ElfSource`] has.
+///
+/// # Invariants
+///
+/// - Total and panic-free: every read goes through [`ElfSource`] with an
+///   offset and length checked for overflow; there is no slice indexing
+///   that can fail, no unchecked arithmetic (the one deliberate wrap,
+///   `ALIGN`, uses `wrapping_add`), no recursion and no allocation.
+/// - Work is bounded: at most `MAX_PHDR_CNT` (256) program headers, and every
+///   note step advances at least 12 bytes through a segment of at most
+///   4 GiB that must also be readable.
+/// - A returned [`BuildIdNote`] has `1..=20` significant bytes and zero
+///   padding after them.
 pub fn parse_build_id(elf: &[u8]) -> Option<BuildIdNote> {
     let mut src = elf;
     parse_build_id_from(&mut src)
 }
 
 /// [`parse_build_id`] over any [`ElfSource`], so that a large file need
-/// not be read whole: it reads the ELF header, at most [`MAX_PHDR_CNT`]
+/// not be read whole: it reads the ELF header, at most `MAX_PHDR_CNT` (256)
 /// program headers and the note segments, in pieces of at most 64 bytes.
 pub fn parse_build_id_from<S: ElfSource + ?Sized>(src: &mut S) -> Option<BuildIdNote> {
     let mut prefix = [0u8; EHDR_PREFIX];

@@ -8,7 +8,7 @@
 //! never allocates and does not depend on the host's byte order.
 
 /// The kernel's `JHASH_INITVAL`.
-pub const JHASH_INITVAL: u32 = 0xdead_beef;
+pub(crate) const JHASH_INITVAL: u32 = 0xdead_beef;
 
 #[inline(always)]
 fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {

@@ -10,6 +10,14 @@
 //! without a lookup. No mapping, an anonymous one, or one with no build id
 //! gives status IP with the ip and a zeroed build id.
 
+mod elf_note;
+#[cfg(feature = "std")]
+mod proc_maps;
+
+pub use elf_note::{parse_build_id, parse_build_id_from, parse_note_buf, BuildIdNote, ElfSource};
+#[cfg(feature = "std")]
+pub use proc_maps::{Mapping, Perms, ProcMaps};
+
 use crate::uapi::{StackBuildId, BUILD_ID_SIZE_MAX};
 
 /// A build id, zero-padded to [`BUILD_ID_SIZE_MAX`] bytes as the kernel
@@ -39,7 +47,7 @@ pub struct Vma {
 /// To give the kernel's answers, an implementation follows
 /// `build_id_parse`: a mapping's `build_id` is that of the whole *file*
 /// behind it, read from the file's start (so every mapping of one file has
-/// the same id), as [`parse_build_id`](crate::elf_note::parse_build_id)
+/// the same id), as [`parse_build_id`](crate::parse_build_id)
 /// finds it; mappings without a file (anonymous memory, `[heap]`,
 /// `[stack]`, and special mappings such as `[vdso]`) have `None`.
 pub trait VmaResolver {

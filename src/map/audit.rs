@@ -1,0 +1,63 @@
+//! Conservation check: every slot in exactly one place (test and
+//! debugging aid; allocates).
+
+use super::StackMapIn;
+use crate::sync::Ordering;
+
+impl StackMapIn<'_> {
+    /// Checks conservation: every slot is in exactly one bucket or on the
+    /// freelist, none twice, none lost. `&mut self` makes it race-free (no
+    /// thread is holding a slot). Returns `(slots in buckets, slots free)`.
+    ///
+    /// It drains the freelist and pushes the slots back spread over the
+    /// CPUs, so the map behaves the same afterwards. Allocates a counter
+    /// per slot: a test and debugging aid, not for the hot path.
+    #[cfg(feature = "alloc")]
+    pub fn audit(&mut self) -> Result<(usize, usize), AuditError> {
+        let n = self.geo.attr.max_entries as usize;
+        let mut count = alloc::vec![0u8; n];
+        let mut free = alloc::vec::Vec::with_capacity(n);
+        while let Some(slot) = self.freelist.pop(0) {
+            free.push(slot);
+        }
+        let mut in_buckets = 0;
+        let from_buckets = self
+            .buckets
+            .iter()
+            // Relaxed: `&mut self` excludes every other thread.
+            .filter_map(|b| b.load(Ordering::Relaxed).checked_sub(1))
+            .inspect(|_| in_buckets += 1);
+        let mut bad = None;
+        for slot in free.iter().copied().chain(from_buckets) {
+            match count.get_mut(slot as usize) {
+                Some(c) if *c == 0 => *c = 1,
+                Some(_) => bad = bad.or(Some(AuditError::Twice(slot))),
+                None => bad = bad.or(Some(AuditError::OutOfRange(slot))),
+            }
+        }
+        let nr_cpus = self.geo.nr_cpus;
+        for (i, &slot) in free.iter().enumerate() {
+            self.freelist.push(i % nr_cpus, slot);
+        }
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        match count.iter().position(|&c| c == 0) {
+            Some(lost) => Err(AuditError::Lost(lost as u32)),
+            None => Ok((in_buckets, free.len())),
+        }
+    }
+}
+
+/// What [`StackMapIn::audit`] found wrong: a broken conservation invariant.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditError {
+    /// This slot is in two places (two buckets, a bucket and the freelist,
+    /// or twice on the freelist).
+    Twice(u32),
+    /// This slot is nowhere.
+    Lost(u32),
+    /// A bucket or the freelist holds an index `>= max_entries`.
+    OutOfRange(u32),
+}

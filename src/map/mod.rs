@@ -1,0 +1,202 @@
+//! The kernel-exact stack trace map ([`StackMap`]): `bpf_get_stackid` and
+//! the syscall side, with the kernel's ids and errnos.
+//!
+//! - `protocol.rs`: the concurrency protocol (elements under a per-slot
+//!   sequence number, optimistic reads, publish by `swap` or
+//!   `compare_exchange`) with its invariants; the loom models in
+//!   `loom-tests/tests/map.rs` check it.
+//! - `stackid.rs`: `get_stackid` and its variants (the kernel's walk, skip,
+//!   truncation, build ids, `_pe`).
+//! - `syscall.rs`: lookup, delete, get_next_key, update.
+//! - `attr.rs`: creation checks (`BPF_MAP_CREATE`'s errnos).
+//! - `audit.rs`: the conservation check.
+
+mod attr;
+#[cfg(feature = "alloc")]
+mod audit;
+mod protocol;
+mod stackid;
+mod syscall;
+#[cfg(all(test, feature = "std"))]
+mod tests;
+
+pub(crate) use attr::Geometry;
+pub use attr::{Config, MapAttr};
+#[cfg(feature = "alloc")]
+pub use audit::AuditError;
+
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+
+use crate::freelist::FreeList;
+use crate::storage::{Layout, Region};
+use crate::sync::AtomicU32;
+use crate::Error;
+
+/// A stack trace map over memory that lives for `'a`.
+///
+/// [`StackMap`] (= `StackMapIn<'static>`) is the one most code uses; a
+/// shorter `'a` comes from [`StackMapIn::new_in`] over borrowed memory.
+///
+/// All methods take `&self` and may be called from any number of threads
+/// at once. `cpu` arguments pick the freelist shard (`cpu % nr_cpus`): pass
+/// the current CPU, or any stable per-thread number.
+///
+/// # Invariants
+///
+/// `region` was initialised for `geo` by `Region::init` and stays valid
+/// and unaliased for `'a` (or until `Drop`, when `owned` is set).
+pub struct StackMapIn<'a> {
+    geo: Geometry,
+    elem_words: usize,
+    freelist: FreeList<'a>,
+    buckets: &'a [AtomicU32],
+    elems: &'a [AtomicU32],
+    region: Region<'a>,
+    /// The block to free on drop, when the map allocated it.
+    #[cfg(feature = "alloc")]
+    owned: Option<(core::ptr::NonNull<u8>, core::alloc::Layout)>,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+/// A stack trace map that owns its memory or borrows it for `'static`.
+pub type StackMap = StackMapIn<'static>;
+
+// SAFETY: every field shared between threads is an atomic; the raw block
+// pointer is only used by `Drop`, which has `&mut self`.
+unsafe impl Send for StackMapIn<'_> {}
+// SAFETY: as above: all shared state is atomics, accessed only through
+// `&self` methods that follow the protocols in the module header.
+unsafe impl Sync for StackMapIn<'_> {}
+
+impl StackMapIn<'static> {
+    /// Creates a map with one CPU and `max_stack` 127 ([`Config::default`]).
+    ///
+    /// Errors are the kernel's `BPF_MAP_CREATE` errnos: `Inval` for bad
+    /// flags or sizes, `TooBig` when `max_entries > 2^31`; `NoMem` when the
+    /// allocation fails.
+    #[cfg(feature = "alloc")]
+    pub fn new(attr: &MapAttr) -> Result<StackMap, Error> {
+        Self::with_config(attr, Config::default())
+    }
+
+    /// Creates a map for `cfg.nr_cpus` CPUs and a `perf_event_max_stack`
+    /// of `cfg.max_stack`, allocating its memory (fallibly: `NoMem`).
+    #[cfg(feature = "alloc")]
+    pub fn with_config(attr: &MapAttr, cfg: Config) -> Result<StackMap, Error> {
+        let geo = Geometry::new(attr, &cfg)?;
+        let layout = Layout::new(&geo)?;
+        let block = core::alloc::Layout::from_size_align(layout.size.max(1), Layout::ALIGN)
+            .map_err(|_| Error::NoMem)?;
+        // SAFETY: `block` has a non-zero size.
+        let base = unsafe { alloc::alloc::alloc(block) };
+        let base = core::ptr::NonNull::new(base).ok_or(Error::NoMem)?;
+        // SAFETY: fresh allocation of `layout.size` bytes aligned to ALIGN,
+        // owned by the map until `Drop` frees it; nothing else points to it.
+        let region = unsafe { Region::init(base.as_ptr(), &geo, &layout) };
+        let mut map = Self::from_region(geo, layout, region);
+        map.owned = Some((base, block));
+        Ok(map)
+    }
+}
+
+impl<'a> StackMapIn<'a> {
+    /// Bytes of memory [`new_in`](StackMapIn::new_in) needs for this map,
+    /// alignment slack included; errors as for `StackMap::with_config`.
+    pub fn storage_size(attr: &MapAttr, cfg: Config) -> Result<usize, Error> {
+        let geo = Geometry::new(attr, &cfg)?;
+        Ok(Layout::new(&geo)?.storage_size())
+    }
+
+    /// Creates a map in caller-provided memory, with no allocator: for a
+    /// kernel module's arena or a [`StaticStorage`](crate::StaticStorage).
+    ///
+    /// `mem` must have at least [`storage_size`](StackMapIn::storage_size)
+    /// bytes (any alignment), else `NoMem`. The map borrows it for `'a`.
+    pub fn new_in(
+        attr: &MapAttr,
+        cfg: Config,
+        mem: &'a mut [MaybeUninit<u8>],
+    ) -> Result<StackMapIn<'a>, Error> {
+        let geo = Geometry::new(attr, &cfg)?;
+        let layout = Layout::new(&geo)?;
+        let start = mem.as_mut_ptr().cast::<u8>();
+        let pad = start.align_offset(Layout::ALIGN);
+        if pad == usize::MAX || mem.len() < pad || mem.len() - pad < layout.size {
+            return Err(Error::NoMem);
+        }
+        // SAFETY: `pad + layout.size <= mem.len()`, so the aligned block is
+        // inside `mem`, which we borrow mutably (exclusively) for 'a.
+        let region = unsafe { Region::init(start.add(pad), &geo, &layout) };
+        Ok(Self::from_region(geo, layout, region))
+    }
+
+    fn from_region(geo: Geometry, layout: Layout, region: Region<'a>) -> Self {
+        let freelist = FreeList::new(region.heads, region.links);
+        freelist.populate();
+        StackMapIn {
+            geo,
+            elem_words: layout.elem_words,
+            freelist,
+            buckets: region.buckets,
+            elems: region.elems,
+            region,
+            #[cfg(feature = "alloc")]
+            owned: None,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The attributes the map was created with.
+    pub fn attr(&self) -> &MapAttr {
+        &self.geo.attr
+    }
+
+    /// Number of buckets: `max_entries` rounded up to a power of two. Ids
+    /// are `< n_buckets`.
+    pub fn n_buckets(&self) -> u32 {
+        self.geo.n_buckets
+    }
+
+    /// Bytes of memory the map uses: its own struct, the freelist heads and
+    /// links, the buckets and the elements. The kernel's `map_mem_usage` for
+    /// the same attributes is
+    /// `sizeof(struct bpf_stack_map) + n_buckets * 8 + max_entries * (16 + value_size)`;
+    /// ours has 4-byte buckets and a
+    /// 16-byte element overhead (12-byte header + 4-byte freelist link).
+    pub fn mem_usage(&self) -> usize {
+        size_of::<Self>()
+            + core::mem::size_of_val(self.region.heads)
+            + core::mem::size_of_val(self.region.links)
+            + core::mem::size_of_val(self.buckets)
+            + core::mem::size_of_val(self.elems)
+    }
+}
+
+impl Drop for StackMapIn<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the region is not used after this; drop runs once.
+        unsafe { self.region.drop_in_place() };
+        #[cfg(feature = "alloc")]
+        if let Some((base, block)) = self.owned.take() {
+            // SAFETY: `base` came from `alloc(block)` in `with_config`, and
+            // the region's borrows of it end with this drop.
+            unsafe { alloc::alloc::dealloc(base.as_ptr(), block) };
+        }
+    }
+}
+
+impl core::fmt::Debug for StackMapIn<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StackMap")
+            .field("attr", &self.geo.attr)
+            .field("nr_cpus", &self.geo.nr_cpus)
+            .field("max_stack", &self.geo.max_stack)
+            .field("n_buckets", &self.geo.n_buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+// A map is shared between threads (and CPUs) by reference: it must stay
+// Send + Sync whatever its fields become.
+static_assertions::assert_impl_all!(StackMapIn<'static>: Send, Sync);

@@ -1,0 +1,273 @@
+//! The stack trace map: `bpf_get_stackid` and the syscall side.
+//!
+//! # Protocols
+//!
+//! **Elements.** Slot `i` is `3 + value_size / 4` atomic words: a sequence
+//! number, the trace hash, the frame count `nr`, then the value's bytes as
+//! native-endian `u32` words (so `lookup` hands out exactly the bytes the
+//! kernel would). A slot is in exactly one place at any time: the freelist,
+//! one bucket, or the hands of one thread (a writer between `pop` and
+//! publish, or a remover between taking it out of its bucket and `push`).
+//!
+//! **Writes (seqlock).** Only the thread holding a slot writes it: it makes
+//! the sequence number odd, stores the header and data, then makes it even
+//! again. Readers never write.
+//!
+//! **Publish.** A bucket is an `AtomicU32`: 0 = empty, `i + 1` = slot `i`.
+//! With `BPF_F_REUSE_STACKID` a new slot is published with one `swap` (the
+//! kernel's `xchg`) and the old one goes back to the freelist. Without it,
+//! the publish is a `compare_exchange` from the value the decision was made
+//! on, so two racing inserters never throw each other's stack away: the
+//! loser decides again (a hit, or `EEXIST`), which is what it would have
+//! seen had it come second.
+//!
+//! **Reads (`observe`).** Load the bucket, read the slot's sequence number,
+//! read, then re-check the bucket and the sequence number; retry on any
+//! change. A read that passes saw a slot that held one complete version
+//! for the whole read and sat in this bucket during the call. Readers
+//! never take a slot out of its bucket, so unlike the kernel's
+//! `bpf_stackmap_copy` (which swaps the bucket to NULL and back) a lookup
+//! can't make a concurrent insert disappear.
+//!
+//! # Invariants
+//!
+//! - Every slot index `< max_entries` is in exactly one of: the freelist,
+//!   one bucket, one thread's hands.
+//! - A slot in a bucket has an even sequence number and is not written.
+//! - A slot in bucket `id` holds a trace whose `hash & (n_buckets - 1)` is
+//!   `id`.
+//!
+//! # Progress
+//!
+//! `get_stackid` is lock-free: the freelist is, publish is one atomic
+//! read-modify-write, and a read retries only because a writer completed a
+//! change to that bucket or slot in the meantime. It never allocates,
+//! blocks or panics. The sequence number is 32 bits and moves by 2 per
+//! rewrite of a slot: a read is fooled only if one slot is rewritten 2^31
+//! times while the read is in progress.
+
+use super::StackMapIn;
+use crate::storage::HDR_WORDS;
+use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
+use crate::Error;
+
+pub(super) const SEQ: usize = 0;
+pub(super) const HASH: usize = 1;
+pub(super) const NR: usize = 2;
+
+/// What a reader saw in a bucket.
+pub(super) enum Seen<T> {
+    Empty,
+    /// The bucket word (slot + 1) and what the read returned.
+    Slot(u32, T),
+}
+
+/// The outcome of comparing a trace with a bucket's element.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cmp {
+    Same,
+    Other,
+}
+
+/// What `__bpf_get_stackid` does after comparing with the bucket: `Err(Ok)`
+/// a hit, `Err(Err(Exist))` a collision without REUSE, `Ok(expect)` store
+/// the trace, publishing over the bucket word `expect` (0 when empty).
+pub(super) fn decide(seen: Seen<Cmp>, reuse: bool) -> Result<u32, Result<(), Error>> {
+    match seen {
+        Seen::Slot(_, Cmp::Same) => Err(Ok(())),
+        Seen::Slot(_, Cmp::Other) if !reuse => Err(Err(Error::Exist)),
+        Seen::Slot(b, Cmp::Other) => Ok(b),
+        Seen::Empty => Ok(0),
+    }
+}
+
+/// One slot's words: header then data.
+///
+/// # Invariants
+///
+/// `seq` is `words[SEQ]`: looked up once, in [`StackMapIn::elem`], so that
+/// reaching it needs no index check (and no panic path) afterwards.
+#[derive(Clone, Copy)]
+pub(super) struct Elem<'m> {
+    words: &'m [AtomicU32],
+    seq: &'m AtomicU32,
+}
+
+impl<'m> Elem<'m> {
+    pub(super) fn word(&self, i: usize) -> u32 {
+        // Relaxed: element words are read under the sequence number, whose
+        // Acquire load and fence order these loads (see `observe`).
+        self.words.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+    pub(super) fn set(&self, i: usize, v: u32) {
+        // Relaxed: only the slot's owner writes, between the odd store and
+        // the Release store of the sequence number (see `write`).
+        if let Some(w) = self.words.get(i) {
+            w.store(v, Ordering::Relaxed);
+        }
+    }
+    pub(super) fn seq(&self) -> &'m AtomicU32 {
+        self.seq
+    }
+    pub(super) fn data(&self) -> &'m [AtomicU32] {
+        self.words.get(HDR_WORDS..).unwrap_or(&[])
+    }
+
+    /// Makes the sequence number odd: from here until `end_write` readers
+    /// that look at this slot retry.
+    fn begin_write(&self) -> u32 {
+        let seq = self.seq();
+        // Relaxed: only the owner writes `seq`, so it reads its own value.
+        let s = seq.load(Ordering::Relaxed);
+        seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        // Release fence: pairs with the reader's Acquire fence in `observe`,
+        // so a reader that sees any data store below also sees the odd seq.
+        fence(Ordering::Release);
+        s
+    }
+
+    fn end_write(&self, s: u32) {
+        // Release: pairs with the Acquire load of `seq` in `observe`; a
+        // reader that sees the even value sees all data stored before it.
+        self.seq().store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    pub(super) fn eq_ips(&self, ips: &[u64]) -> bool {
+        let data = self.data();
+        // No early exit: a mismatch is nearly always caught by the hash
+        // first, and the branch-free loop is shorter.
+        let Some(data) = data.get(..ips.len() * 2) else {
+            return false;
+        };
+        let mut diff = 0;
+        for (w, &ip) in data.chunks_exact(2).zip(ips) {
+            let [lo, hi] = ip_words(ip);
+            diff |= (w[0].load(Ordering::Relaxed) ^ lo) | (w[1].load(Ordering::Relaxed) ^ hi);
+        }
+        diff == 0
+    }
+
+    pub(super) fn eq_words(&self, other: &Elem<'_>, n: usize) -> bool {
+        let (a, b) = (self.data(), other.data());
+        n <= a.len()
+            && n <= b.len()
+            && a.iter()
+                .zip(b)
+                .take(n)
+                .all(|(x, y)| x.load(Ordering::Relaxed) == y.load(Ordering::Relaxed))
+    }
+}
+
+/// A u64 as the two u32 words of its native-endian bytes, in memory order.
+#[inline(always)]
+pub(super) fn ip_words(ip: u64) -> [u32; 2] {
+    let b = ip.to_ne_bytes();
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+    ]
+}
+
+impl<'a> StackMapIn<'a> {
+    pub(super) fn elem(&self, slot: u32) -> Option<Elem<'a>> {
+        let start = (slot as usize).checked_mul(self.elem_words)?;
+        let words = self.elems.get(start..start.checked_add(self.elem_words)?)?;
+        // INVARIANT: `seq` is `words[SEQ]`. Never `None`: an element has
+        // `HDR_WORDS` header words, so its slice is not empty.
+        let seq = words.get(SEQ)?;
+        Some(Elem { words, seq })
+    }
+
+    pub(super) fn bucket(&self, id: u32) -> Option<&'a AtomicU32> {
+        self.buckets.get(id as usize)
+    }
+
+    /// Reads bucket `id`'s element with `read`, retrying until the read saw
+    /// one complete version of a slot that sat in the bucket during the call.
+    pub(super) fn observe<T>(
+        &self,
+        bucket: &AtomicU32,
+        mut read: impl FnMut(Elem<'a>) -> T,
+    ) -> Seen<T> {
+        loop {
+            // Acquire: pairs with the publishing swap / compare_exchange
+            // (Release), so the element's words are visible.
+            let b = bucket.load(Ordering::Acquire);
+            let Some(e) = b.checked_sub(1).and_then(|slot| self.elem(slot)) else {
+                return Seen::Empty;
+            };
+            // Acquire: pairs with `end_write`'s Release store.
+            let s1 = e.seq().load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let out = read(e);
+                // Acquire fence: pairs with `begin_write`'s Release fence; if
+                // `read` saw a later writer's data, the loads below see it.
+                fence(Ordering::Acquire);
+                // Acquire: if the slot was taken out and published here again,
+                // this load makes the new version's sequence number visible.
+                let b2 = bucket.load(Ordering::Acquire);
+                // Relaxed: ordered after the fence above.
+                let s2 = e.seq().load(Ordering::Relaxed);
+                if b2 == b && s2 == s1 {
+                    return Seen::Slot(b, out);
+                }
+            }
+            // A writer completed a change to this bucket or slot since the
+            // load above: look again.
+            spin_loop();
+        }
+    }
+
+    /// Writes the header and, through `data`, the frames of the slot we hold.
+    pub(super) fn write(&self, e: Elem<'a>, hash: u32, nr: u32, data: impl FnOnce(&[AtomicU32])) {
+        let s = e.begin_write();
+        e.set(HASH, hash);
+        e.set(NR, nr);
+        data(e.data());
+        e.end_write(s);
+    }
+
+    /// Pops a free slot for writing: `NoMem` when every element is in use.
+    pub(super) fn take_slot(&self, cpu: usize) -> Result<(u32, Elem<'a>), Error> {
+        let slot = self.freelist.pop(cpu).ok_or(Error::NoMem)?;
+        match self.elem(slot) {
+            Some(e) => Ok((slot, e)),
+            // Unreachable: the freelist only holds indices < max_entries.
+            None => {
+                self.freelist.push(cpu, slot);
+                Err(Error::Fault)
+            }
+        }
+    }
+
+    /// Publishes `slot` in `bucket`. With `reuse`, one swap (the kernel's
+    /// `xchg`); without, a compare-exchange from `expect` (the value the
+    /// caller decided on). The displaced slot goes back to the freelist.
+    /// Returns false (slot still ours) if the compare-exchange lost.
+    pub(super) fn publish(
+        &self,
+        cpu: usize,
+        bucket: &AtomicU32,
+        expect: u32,
+        slot: u32,
+        reuse: bool,
+    ) -> bool {
+        let new = slot + 1;
+        let old = if reuse {
+            // AcqRel: Release publishes the slot's words to readers'
+            // Acquire bucket loads; Acquire orders our later push of the
+            // old slot after its previous publisher's writes.
+            bucket.swap(new, Ordering::AcqRel)
+        } else {
+            // AcqRel / Acquire: as for the swap above.
+            match bucket.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(old) => old,
+                Err(_) => return false,
+            }
+        };
+        if let Some(old) = old.checked_sub(1) {
+            self.freelist.push(cpu, old);
+        }
+        true
+    }
+}

@@ -1,0 +1,273 @@
+//! `bpf_get_stackid` and its variants: cut the chain as the kernel's walk
+//! does, hash it, compare with the bucket, and store it if new. The
+//! concurrency protocol it follows (observe, write, publish) is in
+//! `protocol.rs`.
+
+use super::protocol::{decide, ip_words, Cmp, Seen, HASH, NR};
+use super::StackMapIn;
+use crate::build_id::{resolve_frames, VmaResolver};
+use crate::callchain::{count_kernel_ips, pe_user_skip};
+use crate::hash::trace_hash;
+use crate::sync::{AtomicU32, Ordering};
+use crate::uapi::{
+    StackBuildId, BPF_F_FAST_STACK_CMP, BPF_F_REUSE_STACKID, BPF_F_SKIP_FIELD_MASK,
+    BPF_F_USER_STACK, STACKID_FLAG_MASK,
+};
+use crate::Error;
+
+impl StackMapIn<'_> {
+    /// `bpf_get_stackid`: the id of `callchain`'s stack, storing it if new.
+    ///
+    /// `callchain` is the whole chain, innermost frame first, as
+    /// `get_perf_callchain` returns it; the map takes the first
+    /// `min(value_size / 8 + skip, max_stack)` frames (like the kernel's
+    /// walk), skips `flags & BPF_F_SKIP_FIELD_MASK`, and hashes the rest.
+    /// On a build-id map the frames become [`StackBuildId`]s with status IP
+    /// (use [`get_stackid_resolved`](StackMapIn::get_stackid_resolved) to
+    /// resolve user frames).
+    ///
+    /// Errors, as the kernel: `Inval` for unknown flags, `Fault` when the
+    /// chain is not longer than the skip, `Exist` when another stack holds
+    /// the bucket and `BPF_F_REUSE_STACKID` is not set, `NoMem` when every
+    /// element is in use (on build-id maps even for a known stack: they pop
+    /// an element before comparing, as the kernel does).
+    ///
+    /// # Guarantee (stronger than the kernel's)
+    ///
+    /// `Ok(id)` from a full compare means that, at one moment during this
+    /// call, bucket `id` held an element containing exactly this stack: the
+    /// compare is re-checked against the element's sequence number and the
+    /// bucket, so an element being recycled under the compare can't produce
+    /// a false hit (the kernel's `memcmp` can). With `BPF_F_FAST_STACK_CMP`
+    /// only the hash is compared, as in the kernel. Never allocates, blocks
+    /// or panics.
+    pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
+        self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
+    }
+
+    /// [`get_stackid`](StackMapIn::get_stackid) for build-id maps, turning
+    /// user frames (`BPF_F_USER_STACK`) into `(build id, file offset)`
+    /// through `resolver`, as the kernel's `stack_map_get_build_id_offset`.
+    /// On an ips map the resolver is not used.
+    pub fn get_stackid_resolved<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: &R,
+    ) -> Result<u32, Error> {
+        self.stackid(cpu, callchain, flags, Some(resolver))
+    }
+
+    /// `bpf_get_stackid_pe`: `callchain` is a perf sample's callchain, with
+    /// `PERF_CONTEXT_*` marker words as perf delivers them. The kernel
+    /// stack is the chain up to the first `PERF_CONTEXT_USER`; with
+    /// `BPF_F_USER_STACK` the skip grows by that length (`Fault` past 255).
+    /// As the kernel's depth fix (read off Linux 6.18.44; older kernels
+    /// could copy past the value here): `Fault` when the part is not longer
+    /// than the skip, else the stack is the part's next `min(len - skip,
+    /// depth - skip)` words, `depth = min(value_size / elem + skip,
+    /// max_stack)` and the difference taken modulo 2^32. So on a perf
+    /// chain longer than `max_stack` (its markers come on top of
+    /// `max_stack` ips), a skip of `max_stack` gives the empty stack and a
+    /// larger one the words past it.
+    pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
+        self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
+    }
+
+    /// [`get_stackid_pe`](StackMapIn::get_stackid_pe) with a resolver for
+    /// build-id maps.
+    pub fn get_stackid_pe_resolved<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: &R,
+    ) -> Result<u32, Error> {
+        self.stackid_pe(cpu, callchain, flags, Some(resolver))
+    }
+
+    fn stackid<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        if flags & !STACKID_FLAG_MASK != 0 {
+            return Err(Error::Inval);
+        }
+        self.stackid_walk(cpu, callchain, flags, resolver)
+    }
+
+    /// Cuts the chain to the kernel walk's depth, `min(value_frames + skip,
+    /// max_stack)`, then runs `__bpf_get_stackid`. Flags are checked.
+    fn stackid_walk<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
+        let depth = self.geo.max_depth(skip) as usize;
+        let trace = callchain.get(..depth).unwrap_or(callchain);
+        self.stackid_trace(cpu, trace, flags, resolver)
+    }
+
+    fn stackid_pe<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        callchain: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        if flags & !STACKID_FLAG_MASK != 0 {
+            return Err(Error::Inval);
+        }
+        let nr_kernel = count_kernel_ips(callchain);
+        let (part, flags) = if flags & BPF_F_USER_STACK == 0 {
+            (callchain.get(..nr_kernel).unwrap_or(callchain), flags)
+        } else {
+            (callchain, pe_user_skip(flags, nr_kernel)?)
+        };
+        // The kernel's `__bpf_get_stackid(map, trace, flags, max_depth)`:
+        // `trace_nr = min(nr - skip, max_depth - skip)` in u32, after the
+        // EFAULT check on the whole part. At most `value_frames` words.
+        let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
+        let nr = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        if nr <= skip {
+            return Err(Error::Fault);
+        }
+        let n = (nr - skip).min(self.geo.max_depth(skip).wrapping_sub(skip));
+        let ips = part
+            .get(skip as usize..)
+            .and_then(|rest| rest.get(..n as usize))
+            .unwrap_or(&[]);
+        self.stackid_ips(cpu, ips, flags, resolver)
+    }
+
+    /// `__bpf_get_stackid` on a trace already cut to the walk's depth.
+    fn stackid_trace<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        trace: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
+        if trace.len() <= skip {
+            return Err(Error::Fault);
+        }
+        // At most `value_frames`: the trace was cut to `value_frames + skip`.
+        let ips = trace.get(skip..).unwrap_or(&[]);
+        self.stackid_ips(cpu, ips, flags, resolver)
+    }
+
+    /// `__bpf_get_stackid` from the hash on: `ips` (at most `value_frames`,
+    /// possibly none) is the stack.
+    fn stackid_ips<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        let hash = trace_hash(ips);
+        let id = hash & (self.geo.n_buckets - 1);
+        let bucket = self.bucket(id).ok_or(Error::Fault)?;
+        let nr = ips.len() as u32;
+        let fast = flags & BPF_F_FAST_STACK_CMP != 0;
+        let reuse = flags & BPF_F_REUSE_STACKID != 0;
+
+        if self.geo.build_id() {
+            if fast {
+                let seen = self.observe(bucket, |e| e.word(HASH) == hash);
+                if let Seen::Slot(_, true) = seen {
+                    return Ok(id);
+                }
+            }
+            // The kernel pops before comparing build-id stacks (a full map
+            // gives ENOMEM even for a known stack); so do we.
+            let (slot, new) = self.take_slot(cpu)?;
+            let user = flags & BPF_F_USER_STACK != 0;
+            self.write(new, hash, nr, |data| {
+                write_build_ids(data, ips, user, resolver)
+            });
+            let frame_words = nr as usize * (size_of::<StackBuildId>() / 4);
+            loop {
+                let seen = self.observe(bucket, |e| {
+                    if e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words) {
+                        Cmp::Same
+                    } else {
+                        Cmp::Other
+                    }
+                });
+                let expect = match decide(seen, reuse) {
+                    Ok(expect) => expect,
+                    Err(hit_or_exist) => {
+                        self.freelist.push(cpu, slot);
+                        return hit_or_exist.map(|()| id);
+                    }
+                };
+                if self.publish(cpu, bucket, expect, slot, reuse) {
+                    return Ok(id);
+                }
+            }
+        }
+
+        loop {
+            let seen = self.observe(bucket, |e| {
+                if e.word(HASH) != hash {
+                    Cmp::Other
+                } else if fast || (e.word(NR) == nr && e.eq_ips(ips)) {
+                    Cmp::Same
+                } else {
+                    Cmp::Other
+                }
+            });
+            let expect = match decide(seen, reuse) {
+                Ok(expect) => expect,
+                Err(hit_or_exist) => return hit_or_exist.map(|()| id),
+            };
+            let (slot, new) = self.take_slot(cpu)?;
+            self.write(new, hash, nr, |data| {
+                for (w, &ip) in data.chunks_exact(2).zip(ips) {
+                    let [lo, hi] = ip_words(ip);
+                    // Relaxed: inside the slot's write section (see `write`).
+                    w[0].store(lo, Ordering::Relaxed);
+                    w[1].store(hi, Ordering::Relaxed);
+                }
+            });
+            if self.publish(cpu, bucket, expect, slot, reuse) {
+                return Ok(id);
+            }
+            // Someone else changed the bucket first: give the slot back
+            // and decide again on what is there now.
+            self.freelist.push(cpu, slot);
+        }
+    }
+}
+
+/// Stores `ips` as build-id frames into a slot's data words.
+fn write_build_ids<R: VmaResolver + ?Sized>(
+    data: &[AtomicU32],
+    ips: &[u64],
+    user: bool,
+    resolver: Option<&R>,
+) {
+    let words = size_of::<StackBuildId>() / 4;
+    resolve_frames(ips, user, resolver, |i, frame| {
+        let bytes = zerocopy::IntoBytes::as_bytes(frame);
+        let at = i * words;
+        if let Some(dst) = data.get(at..at + words) {
+            for (w, c) in dst.iter().zip(bytes.chunks_exact(4)) {
+                // Relaxed: inside the slot's write section (see `write`).
+                w.store(
+                    u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    });
+}
