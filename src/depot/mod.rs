@@ -16,7 +16,7 @@
 //! - `arena`: the bump allocator of records, the id allocator and the
 //!   per-CPU counters.
 //! - `layout`: the checked geometry and the block's layout.
-//! - the hash: [`crate::hash_stack`], keyed by [`DepotConfig::seed`].
+//! - the hash: `hash::stack`, keyed by [`DepotConfig::seed`].
 //!
 //! # Guarantees
 //!
@@ -43,7 +43,7 @@ use core::mem::{size_of, MaybeUninit};
 use crossbeam_utils::CachePadded;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::hash_stack::StackHasher;
+use crate::hash::stack::StackHasher;
 use crate::sync::{AtomicU32, Ordering};
 use crate::uapi::StackBuildId;
 use crate::Error;
@@ -211,7 +211,7 @@ impl<'a> StackDepotIn<'a> {
     ///
     /// # Errors
     ///
-    /// As [`StackDepot::new`]: `Inval` for a bad config, `NoMem` when the
+    /// As `StackDepot::new`: `Inval` for a bad config, `NoMem` when the
     /// size does not fit the address space.
     pub fn storage_size(cfg: &DepotConfig) -> Result<usize, Error> {
         Ok(Layout::new(&Geometry::new(cfg)?)?.storage_size())
@@ -223,7 +223,7 @@ impl<'a> StackDepotIn<'a> {
     ///
     /// # Errors
     ///
-    /// `Inval` for a bad config (as [`StackDepot::new`]); `NoMem` when
+    /// `Inval` for a bad config (as `StackDepot::new`); `NoMem` when
     /// `mem` is shorter than [`storage_size`](StackDepotIn::storage_size).
     pub fn new_in(cfg: &DepotConfig, mem: &'a mut [MaybeUninit<u8>]) -> Result<Self, Error> {
         let geo = Geometry::new(cfg)?;
