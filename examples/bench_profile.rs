@@ -24,7 +24,9 @@ mod peers;
 mod workload;
 
 use kernel_port::KernelPort;
-use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
+use peers::{
+    DashMapPeer, DepotPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer,
+};
 use workload::Rng;
 
 /// The bench's geometry; `VALUE_SIZE=256` in the environment shrinks the
@@ -43,6 +45,7 @@ enum Op<'a> {
     Churn(&'a [(Vec<u64>, Vec<u64>)]),
     Lookup(&'a [(Vec<u64>, Vec<u64>)], Vec<u32>, Vec<u32>),
     Mix(&'a [Vec<u64>], Vec<u32>),
+    Replay(&'a [Vec<u64>]),
 }
 
 #[inline(never)]
@@ -75,6 +78,11 @@ fn timed_loop<P: Peer>(map: &P, op: &Op<'_>, ops: usize) {
         Op::Mix(pool, seq) => {
             for i in 0..ops {
                 black_box(map.mix(0, black_box(&pool[seq[i & (SEQ_LEN - 1)] as usize])));
+            }
+        }
+        Op::Replay(chains) => {
+            for i in 0..ops {
+                black_box(map.intern(0, black_box(&chains[i % chains.len()])));
             }
         }
     }
@@ -179,16 +187,109 @@ fn run<P: Peer>(workload: &str, ops: usize) {
             }
             timed_loop(&map, &Op::Mix(&pool, seq), ops);
         }
+        "replay" => {
+            let chains = workload::recorded_chains();
+            timed_loop(&map, &Op::Replay(&chains), ops);
+        }
         other => panic!("unknown workload {other}"),
     }
 }
 
+/// This thread's CPU time (not wall time: time spent descheduled on a
+/// busy machine does not count).
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `replay-cpu PEER PASSES THREADS`: passes over the recorded chains, each
+/// from a fresh structure, the samples dealt round-robin to the threads;
+/// prints the median over passes of (CPU time of all threads / samples)
+/// and of wall time / samples. CPU time still contains what contention
+/// costs (cache-line transfers stall the CPU), not the time other
+/// processes take: a load-robust view of a multi-thread pass.
+fn replay_cpu<P: Peer>(build: impl Fn() -> P, passes: usize, threads: usize) {
+    let chains = workload::recorded_chains();
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..passes {
+        let p = build();
+        let barrier = std::sync::Barrier::new(threads);
+        let start = std::time::Instant::now();
+        let total: std::time::Duration = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (p, chains, barrier) = (&p, &chains, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let c0 = thread_cpu();
+                        for c in chains.iter().skip(t).step_by(threads) {
+                            black_box(p.intern(t, black_box(c)));
+                        }
+                        thread_cpu() - c0
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        wall.push(start.elapsed().as_nanos() as f64 / chains.len() as f64);
+        cpu.push(total.as_nanos() as f64 / chains.len() as f64);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "cpu {:.1} ns/sample, wall {:.1} ns/sample (median of {passes})",
+        median(&mut cpu),
+        median(&mut wall)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args[1] == "replay-cpu" {
+        let passes = args.get(3).map_or(10, |s| s.parse().expect("passes"));
+        let threads = args.get(4).map_or(1, |s| s.parse().expect("threads"));
+        let p = params();
+        match args[2].as_str() {
+            "depot" => replay_cpu(|| DepotPeer::with(65_536, 1 << 20, 2), passes, threads),
+            // The arena's pages touched before the pass (a depot that was
+            // filled once and cleared): no page faults in the pass.
+            "depot-warm" => replay_cpu(
+                || {
+                    let mut d = DepotPeer::with(65_536, 1 << 20, 2);
+                    for i in 0..(1usize << 20) / 64 {
+                        let _ = d.0.intern(0, &[i as u64; 63]);
+                    }
+                    d.0.clear();
+                    d
+                },
+                passes,
+                threads,
+            ),
+            "kstackmap" => replay_cpu(|| StackMapPeer::<KStackMap>::build(&p), passes, threads),
+            "mutex" => replay_cpu(|| MutexHashMap::build(&p), passes, threads),
+            "dashmap" => replay_cpu(|| DashMapPeer::build(&p), passes, threads),
+            "papaya" => replay_cpu(|| PapayaPeer::build(&p), passes, threads),
+            other => panic!("unknown peer {other}"),
+        }
+        return;
+    }
     let (workload, peer) = (args[1].as_str(), args[2].as_str());
     let ops: usize = args.get(3).map_or(1_000_000, |s| s.parse().expect("ops"));
     match peer {
         "kstackmap" => run::<StackMapPeer<KStackMap>>(workload, ops),
+        "depot" if workload == "replay" => {
+            let d = DepotPeer::with(65_536, 1 << 20, params().nr_cpus);
+            let chains = workload::recorded_chains();
+            timed_loop(&d, &Op::Replay(&chains), ops);
+        }
+        "depot" => run::<DepotPeer>(workload, ops),
         "kernel" => run::<StackMapPeer<KernelPort>>(workload, ops),
         "kstackmap-thp" => run::<StackMapPeer<ThpStackMap>>(workload, ops),
         "mutex" => run::<MutexHashMap>(workload, ops),

@@ -95,7 +95,6 @@ pub mod freelist;
 #[cfg(not(loom))]
 mod freelist;
 mod hash;
-mod hash_stack;
 mod storage;
 mod sync;
 pub mod uapi;

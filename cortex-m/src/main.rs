@@ -23,6 +23,7 @@ use kstackmap::StaticStorage;
 
 #[macro_use]
 mod check;
+mod depot;
 mod irq;
 mod seq;
 mod stacks;
@@ -71,6 +72,10 @@ const TESTS: &[(&str, Test)] = tests![
     seq::conservation_fill_delete_refill,
     seq::head16_capacity_limit,
     seq::head16_full_map,
+    depot::depot_intern_get_full_clear,
+    depot::depot_arena_full,
+    depot::depot_build_ids,
+    depot::depot_config_and_memory,
     irq::systick_races_thread_mode,
 ];
 

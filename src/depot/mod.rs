@@ -16,7 +16,7 @@
 //! - `arena`: the bump allocator of records, the id allocator and the
 //!   per-CPU counters.
 //! - `layout`: the checked geometry and the block's layout.
-//! - the hash: [`crate::hash_stack`], keyed by [`DepotConfig::seed`].
+//! - the hash: `hash::stack`, keyed by [`DepotConfig::seed`].
 //!
 //! # Guarantees
 //!
@@ -43,7 +43,7 @@ use core::mem::{size_of, MaybeUninit};
 use crossbeam_utils::CachePadded;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::hash_stack::StackHasher;
+use crate::hash::stack::StackHasher;
 use crate::sync::{AtomicU32, Ordering};
 use crate::uapi::StackBuildId;
 use crate::Error;

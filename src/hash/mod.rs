@@ -3,7 +3,12 @@
 //! - [`jhash`]: the kernel's `jhash2` and the stack map's id hash
 //!   ([`trace_hash`]): ids must equal the kernel's, bit for bit, so this is
 //!   the only hash the kernel-exact map may use for an id.
+//! - [`stack`]: the depot's keyed hash (`StackHasher`, `stack_hash`),
+//!   built for instruction-level parallelism: ids there are the depot's
+//!   own, so it need not be `jhash2`. Crate-internal; the map's hit cache
+//!   may use it as a pre-hash.
 
 mod jhash;
+pub(crate) mod stack;
 
 pub use jhash::{jhash2, trace_hash};
