@@ -5,10 +5,13 @@
 //!
 //! Each CPU owns one Treiber stack. A stack is a single atomic *head word*
 //! (one per CPU, each on its own cache line) holding `{tag, index}` of the
-//! top element; the stack's links live in a side array of [`AtomicU32`],
-//! one per element index (`links[i]` = the index below `i`, or `EMPTY`).
-//! No pointers are stored anywhere, so the list can sit in caller-provided
-//! memory, be shared between address spaces, and never allocates.
+//! top element; each element has a next-link (`links[i]` = the index below
+//! `i`, or `EMPTY`). Where the links live is the [`Links`] trait's business:
+//! a side array of [`AtomicU32`] (the tests, `OwnedFreeList`), or a word
+//! inside each map element (the map: no side array, as in the kernel, where
+//! `fnode` is the element's first field). No pointers are stored anywhere,
+//! so the list can sit in caller-provided memory, be shared between address
+//! spaces, and never allocates.
 //!
 //! - `push(cpu, i)`: read the head of `cpu % nr_cpus`, write
 //!   `links[i] = head.index`, CAS the head from `{tag, index}` to
@@ -182,29 +185,77 @@ pub fn new_link() -> AtomicU32 {
     AtomicU32::new(EMPTY)
 }
 
+/// Where a [`FreeList`] keeps the next-link of each element.
+///
+/// The link of `i` is written only by the thread that holds `i` (in
+/// `push`, before the Release CAS that puts `i` on a stack, and by
+/// `populate` before the list is shared), and read by poppers, possibly
+/// after `i` has left the stack again (a stale read, which the tag makes
+/// harmless). An implementation must make `store` visible to a thread that
+/// acquires the head CAS that follows it (a Relaxed store suffices), and
+/// must not disturb anything a concurrent reader of the element relies on.
+pub trait Links: Copy {
+    /// The number of elements (indices `0..len()`).
+    fn len(&self) -> usize;
+    /// The link of element `i` (at least Relaxed); `None` if `i >= len()`.
+    fn load(&self, i: u32) -> Option<u32>;
+    /// Sets the link of element `i`, which the caller holds. Ignored if
+    /// `i >= len()`.
+    fn store(&self, i: u32, next: u32);
+}
+
+/// A side array: `links[i]` is element `i`'s link.
+impl Links for &[AtomicU32] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[AtomicU32]>::len(self)
+    }
+    #[inline]
+    fn load(&self, i: u32) -> Option<u32> {
+        // Relaxed: ordered by the Acquire head load / CAS in `pop_one`
+        // (pairs with the pusher's Release CAS), as `Links` requires.
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.get(i))
+            .map(|l| l.load(Ordering::Relaxed))
+    }
+    #[inline]
+    fn store(&self, i: u32, next: u32) {
+        if let Some(l) = usize::try_from(i).ok().and_then(|i| self.get(i)) {
+            // Relaxed: published by the Release CAS in `push`, which pairs
+            // with the Acquire head load / CAS in `pop_one`.
+            l.store(next, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A per-CPU lock-free freelist of the indices `0..capacity()`, over
-/// memory the caller provides: one [`Head`] per CPU and one [`AtomicU32`]
-/// next-link per element. See the [module docs](self) for the algorithm.
+/// memory the caller provides: one [`Head`] per CPU and one next-link per
+/// element, wherever `L` keeps them ([`Links`]; by default a side array of
+/// [`AtomicU32`]). See the [module docs](self) for the algorithm.
 ///
 /// A `FreeList` is a view: any number of them may be made over the same
 /// memory (they then share one state), and it is `Copy`.
 ///
 /// # Invariants
 ///
-/// - `links.len() <= MAX_ELEMS`, so every valid index is below `EMPTY`.
-/// - Every head's index field is `EMPTY` or an index below `links.len()`,
-///   and so is every link reachable from a head (as long as every view over
-///   the same heads uses the same links, which `OwnedFreeList` ensures).
+/// - `n <= links.len()` and `n <= MAX_ELEMS`, so every valid index is
+///   below `EMPTY` and has a link.
+/// - Every head's index field is `EMPTY` or an index below `n`, and so is
+///   every link reachable from a head (as long as every view over the same
+///   heads uses the same links, which `OwnedFreeList` and the map ensure).
 #[derive(Clone, Copy, Debug)]
-pub struct FreeList<'a> {
+pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
     /// One stack head per CPU.
     heads: &'a [Head],
-    /// `links[i]`: the index below `i` on its stack, or `EMPTY`. Meaningful
-    /// only while `i` is on a stack.
-    links: &'a [AtomicU32],
+    /// Link of `i`: the index below `i` on its stack, or `EMPTY`.
+    /// Meaningful only while `i` is on a stack.
+    links: L,
+    /// The number of elements: indices are `0..n`.
+    n: u32,
 }
 
-impl<'a> FreeList<'a> {
+impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// A list over `heads` (one per CPU, `heads.len() >= 1`) and `links`
     /// (one per element, `links.len() = n <= MAX_ELEMS`).
     ///
@@ -216,13 +267,14 @@ impl<'a> FreeList<'a> {
     /// Contract violations do not panic in release builds: with no heads
     /// every `pop` returns `None` and every `push` is ignored; links past
     /// `MAX_ELEMS` are not used.
-    pub fn new(heads: &'a [Head], links: &'a [AtomicU32]) -> Self {
+    pub fn new(heads: &'a [Head], links: L) -> Self {
         debug_assert!(!heads.is_empty(), "a freelist needs at least one CPU");
         debug_assert!(links.len() <= MAX_ELEMS as usize, "too many elements");
-        // INVARIANT: truncated to MAX_ELEMS, so every index is below EMPTY.
-        let n = links.len().min(MAX_ELEMS as usize);
-        let links = links.get(..n).unwrap_or_default();
-        FreeList { heads, links }
+        // INVARIANT: capped at MAX_ELEMS, so every index is below EMPTY.
+        let n = u32::try_from(links.len())
+            .unwrap_or(MAX_ELEMS)
+            .min(MAX_ELEMS);
+        FreeList { heads, links, n }
     }
 
     /// The number of per-CPU stacks.
@@ -234,8 +286,7 @@ impl<'a> FreeList<'a> {
     /// The number of elements: indices are `0..capacity()`.
     #[inline]
     pub fn capacity(&self) -> u32 {
-        // Never truncates: `new` caps `links.len()` at MAX_ELEMS.
-        u32::try_from(self.links.len()).unwrap_or(MAX_ELEMS)
+        self.n
     }
 
     /// Put every index `0..capacity()` on the list, spread over the CPUs as
@@ -248,7 +299,7 @@ impl<'a> FreeList<'a> {
     /// memory; call it before the list is shared.
     pub fn populate(&self) {
         let nr_cpus = self.heads.len();
-        let n = self.links.len();
+        let n = self.n as usize;
         let Some(per_cpu) = n.checked_div(nr_cpus) else {
             return;
         };
@@ -258,12 +309,13 @@ impl<'a> FreeList<'a> {
             let count = per_cpu + usize::from(cpu < extra);
             let end = start + count; // <= n: the counts sum to n
             let mut top = EMPTY;
-            for (i, link) in (start..end).zip(self.links.get(start..end).unwrap_or_default()) {
-                // Relaxed: not concurrent with anything; publishing the list
-                // (spawn, Release store of a pointer) orders it for readers.
-                link.store(top, Ordering::Relaxed);
+            for i in start..end {
                 // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
-                top = u32::try_from(i).unwrap_or(EMPTY);
+                let i = u32::try_from(i).unwrap_or(EMPTY);
+                // Not concurrent with anything; publishing the list (spawn,
+                // Release store of a pointer) orders it for readers.
+                self.links.store(i, top);
+                top = i;
             }
             // Relaxed: not concurrent with anything (see the link store).
             let old = head.load(Ordering::Relaxed);
@@ -281,20 +333,19 @@ impl<'a> FreeList<'a> {
     /// a caller bug: it trips a `debug_assert` and is otherwise ignored.
     #[inline]
     pub fn push(&self, cpu: usize, idx: u32) {
-        let link = usize::try_from(idx).ok().and_then(|i| self.links.get(i));
         let head = cpu
             .checked_rem(self.heads.len())
             .and_then(|c| self.heads.get(c));
-        let (Some(link), Some(head)) = (link, head) else {
+        let (true, Some(head)) = (idx < self.n, head) else {
             debug_assert!(false, "push of index {idx} out of range or no CPUs");
             return;
         };
         // Relaxed: only a guess at the expected value; the CAS below checks it.
         let mut cur = head.load(Ordering::Relaxed);
         loop {
-            // Relaxed: published by the Release CAS below, which pairs with
-            // the Acquire head load/CAS in `pop_one` that reads this link.
-            link.store(index_of(cur), Ordering::Relaxed);
+            // Published by the Release CAS below, which pairs with the
+            // Acquire head load/CAS in `pop_one` that reads this link.
+            self.links.store(idx, index_of(cur));
             // The tag is kept: a push's CAS is safe even after ABA (the top
             // is `index_of(cur)` right now, which is what the link says), and
             // keeping it makes the tag wrap only after 2^B pops, not pushes.
@@ -370,15 +421,17 @@ impl<'a> FreeList<'a> {
             if idx == EMPTY {
                 return None;
             }
-            let Some(link) = usize::try_from(idx).ok().and_then(|i| self.links.get(i)) else {
+            let next = match self.links.load(idx) {
+                // Ordered by the Acquire that read `cur`; if the link has
+                // changed since, `idx` was popped (tag bumped), the CAS fails.
+                Some(next) if idx < self.n => next,
                 // Unreachable by the invariants (only views with other links
                 // over the same heads could get here): treat as empty.
-                debug_assert!(false, "head index {idx} out of range");
-                return None;
+                _ => {
+                    debug_assert!(false, "head index {idx} out of range");
+                    return None;
+                }
             };
-            // Relaxed: ordered by the Acquire that read `cur`; if the link has
-            // changed since, `idx` was popped (tag bumped) and the CAS fails.
-            let next = link.load(Ordering::Relaxed);
             let new = pack(tag_of(cur).wrapping_add(1), next);
             match head.compare_exchange(
                 cur,
@@ -470,7 +523,7 @@ impl OwnedFreeList {
     /// A view to push and pop through (cheap: two slice references).
     #[inline]
     pub fn list(&self) -> FreeList<'_> {
-        FreeList::new(&self.heads, &self.links)
+        FreeList::new(&self.heads, &self.links[..])
     }
 }
 
@@ -677,11 +730,11 @@ mod tests {
     fn borrowed_memory() {
         let heads = [new_head(), new_head()];
         let links: [AtomicU32; 5] = core::array::from_fn(|_| new_link());
-        let list = FreeList::new(&heads, &links);
+        let list = FreeList::new(&heads, &links[..]);
         list.populate();
         assert_eq!(list.pop(1), Some(4));
         // A second view over the same memory shares the state.
-        let again = FreeList::new(&heads, &links);
+        let again = FreeList::new(&heads, &links[..]);
         assert_eq!(again.pop(1), Some(3));
         assert_conserved(list, vec![4, 3]);
     }
