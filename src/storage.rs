@@ -3,12 +3,17 @@
 //! A map is one block of memory, carved into four arrays:
 //!
 //! ```text
-//! +------------------+----------------+------------------+---------------------------------+
-//! | heads            | links          | buckets          | elements                        |
-//! | nr_cpus x Head   | max_entries x  | n_buckets x      | max_entries x (3 + value_size/4)|
-//! | (cache-padded)   | AtomicU32      | AtomicU32        | AtomicU32                       |
-//! +------------------+----------------+------------------+---------------------------------+
+//! +----------------+-------------+---------------+---------------------------------------+
+//! | heads          | buckets     | hit cache     | elements (8-byte aligned)             |
+//! | nr_cpus x Head | n_buckets x | n_cache x     | max_entries x (16 B header            |
+//! | (cache-padded) | AtomicU32   | AtomicU32     |               + value_size B of data) |
+//! +----------------+-------------+---------------+---------------------------------------+
 //! ```
+//!
+//! Elements are [`ElemAtomic`] words (`map/elem.rs`); the freelist's links
+//! live in their headers. The hit cache (`map/cache.rs`) has
+//! `2 * n_buckets` entries on ips maps (8 bytes per bucket) and none on
+//! build-id maps.
 //!
 //! The block is either allocated by [`StackMap::new`](crate::StackMap::new)
 //! (feature `alloc`) or handed over by the caller
@@ -22,32 +27,43 @@ use core::mem::{align_of, size_of, MaybeUninit};
 use core::sync::atomic::AtomicBool;
 
 use crate::freelist::{self, Head};
-use crate::map::Geometry;
-use crate::sync::AtomicU32;
+use crate::map::{Geometry, HDR_WORDS};
+use crate::sync::{AtomicU32, ElemAtomic};
 use crate::Error;
-
-/// Words of an element header: sequence number, hash, nr.
-pub(crate) const HDR_WORDS: usize = 3;
 
 /// Byte offsets of the four arrays in a map's block.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
-    pub links: usize,
     pub buckets: usize,
+    pub cache: usize,
     pub elems: usize,
     /// Bytes from the (aligned) start of the block to its end.
     pub size: usize,
-    /// Words per element: `HDR_WORDS + value_size / 4`.
-    pub elem_words: usize,
+    /// Words per element: `HDR_WORDS + value_size / size_of::<ElemAtomic>()`.
+    pub stride: usize,
+    /// Entries of the hit cache (0 on build-id maps).
+    pub n_cache: usize,
 }
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The alignment of the element array: at least 8 bytes, so every
+/// element's data is 8-byte aligned (header and value sizes are multiples
+/// of 8), and at least the word's own alignment.
+const ELEMS_ALIGN: usize = max(8, align_of::<ElemAtomic>());
 
 impl Layout {
     /// The alignment the block's start needs.
-    pub const ALIGN: usize = if align_of::<Head>() > align_of::<AtomicU32>() {
-        align_of::<Head>()
-    } else {
-        align_of::<AtomicU32>()
-    };
+    pub const ALIGN: usize = max(
+        max(align_of::<Head>(), align_of::<AtomicU32>()),
+        ELEMS_ALIGN,
+    );
 
     /// The layout for `g`; `NoMem` if it does not fit the address space,
     /// `TooBig` if the freelist cannot index that many elements here.
@@ -57,23 +73,32 @@ impl Layout {
         }
         let word = size_of::<AtomicU32>();
         let max_entries = g.attr.max_entries as usize;
-        let elem_words = HDR_WORDS + g.value_words;
+        let stride = HDR_WORDS + g.attr.value_size as usize / size_of::<ElemAtomic>();
+        let n_cache = if g.build_id() {
+            0
+        } else {
+            (g.n_buckets as usize).checked_mul(2).ok_or(Error::NoMem)?
+        };
         let heads = g
             .nr_cpus
             .checked_mul(size_of::<Head>())
             .ok_or(Error::NoMem)?;
-        let links = max_entries.checked_mul(word).ok_or(Error::NoMem)?;
         let buckets = (g.n_buckets as usize)
             .checked_mul(word)
             .ok_or(Error::NoMem)?;
+        let cache = n_cache.checked_mul(word).ok_or(Error::NoMem)?;
         let elems = max_entries
-            .checked_mul(elem_words)
-            .and_then(|w| w.checked_mul(word))
+            .checked_mul(stride)
+            .and_then(|w| w.checked_mul(size_of::<ElemAtomic>()))
             .ok_or(Error::NoMem)?;
-        // Heads come first (largest alignment); the rest are word arrays.
-        let links_at = heads;
-        let buckets_at = links_at.checked_add(links).ok_or(Error::NoMem)?;
-        let elems_at = buckets_at.checked_add(buckets).ok_or(Error::NoMem)?;
+        // Heads come first (largest alignment), then the u32 arrays, then
+        // the elements, rounded up to ELEMS_ALIGN.
+        let buckets_at = heads;
+        let cache_at = buckets_at.checked_add(buckets).ok_or(Error::NoMem)?;
+        let elems_at = cache_at
+            .checked_add(cache)
+            .and_then(|e| e.checked_next_multiple_of(ELEMS_ALIGN))
+            .ok_or(Error::NoMem)?;
         let size = elems_at.checked_add(elems).ok_or(Error::NoMem)?;
         // Slack so that a block of `storage_size` bytes at any address fits.
         size.checked_add(Self::ALIGN).ok_or(Error::NoMem)?;
@@ -81,11 +106,12 @@ impl Layout {
             return Err(Error::NoMem);
         }
         Ok(Layout {
-            links: links_at,
             buckets: buckets_at,
+            cache: cache_at,
             elems: elems_at,
             size,
-            elem_words,
+            stride,
+            n_cache,
         })
     }
 
@@ -104,11 +130,12 @@ impl Layout {
 /// shared slices), so `drop_in_place` may use them for the destructors.
 pub(crate) struct Region<'a> {
     pub heads: &'a [Head],
-    pub links: &'a [AtomicU32],
     pub buckets: &'a [AtomicU32],
-    pub elems: &'a [AtomicU32],
+    pub cache: &'a [AtomicU32],
+    pub elems: &'a [ElemAtomic],
     raw_heads: *mut [Head],
-    raw_words: [*mut [AtomicU32]; 3],
+    raw_words: [*mut [AtomicU32]; 2],
+    raw_elems: *mut [ElemAtomic],
 }
 
 impl<'a> Region<'a> {
@@ -121,18 +148,20 @@ impl<'a> Region<'a> {
     /// during `'a` except through the returned region.
     pub unsafe fn init(base: *mut u8, g: &Geometry, layout: &Layout) -> Region<'a> {
         let word = || AtomicU32::new(0);
-        let n_elem_words = g.attr.max_entries as usize * layout.elem_words;
+        let n_elem_words = g.attr.max_entries as usize * layout.stride;
         // SAFETY (all four calls): the offsets come from `layout`, which
         // places each array inside the block, suitably aligned (heads at
-        // offset 0 of an ALIGN-aligned base; words at multiples of 4 after
-        // arrays whose sizes are multiples of 4); the caller gives us the
-        // block exclusively for 'a.
-        let (raw_heads, links, buckets, elems) = unsafe {
+        // offset 0 of an ALIGN-aligned base; u32 words at multiples of 4
+        // after arrays whose sizes are multiples of 4; elements at a
+        // multiple of ELEMS_ALIGN, itself a multiple of ElemAtomic's
+        // alignment, from a base aligned to at least ELEMS_ALIGN); the caller gives us the block
+        // exclusively for 'a.
+        let (raw_heads, buckets, cache, elems) = unsafe {
             (
                 init_slice(base, g.nr_cpus, freelist::new_head),
-                init_slice(base.add(layout.links), g.attr.max_entries as usize, word),
                 init_slice(base.add(layout.buckets), g.n_buckets as usize, word),
-                init_slice(base.add(layout.elems), n_elem_words, word),
+                init_slice(base.add(layout.cache), layout.n_cache, word),
+                init_slice(base.add(layout.elems), n_elem_words, || ElemAtomic::new(0)),
             )
         };
         // SAFETY: each pointer covers initialised elements in the block we
@@ -141,11 +170,12 @@ impl<'a> Region<'a> {
         unsafe {
             Region {
                 heads: &*raw_heads,
-                links: &*links,
                 buckets: &*buckets,
+                cache: &*cache,
                 elems: &*elems,
                 raw_heads,
-                raw_words: [links, buckets, elems],
+                raw_words: [buckets, cache],
+                raw_elems: elems,
             }
         }
     }
@@ -167,6 +197,10 @@ impl<'a> Region<'a> {
                 // SAFETY: as above.
                 unsafe { core::ptr::drop_in_place(raw) };
             }
+        }
+        if core::mem::needs_drop::<ElemAtomic>() {
+            // SAFETY: as above.
+            unsafe { core::ptr::drop_in_place(self.raw_elems) };
         }
     }
 }

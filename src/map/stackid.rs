@@ -3,12 +3,13 @@
 //! concurrency protocol it follows (observe, write, publish) is in
 //! `protocol.rs`.
 
-use super::protocol::{decide, ip_words, Cmp, Seen, HASH, NR};
+use super::cache::Probe;
+use super::elem::{Elem, WORD};
+use super::protocol::{decide, Cmp, Seen};
 use super::StackMapIn;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::{count_kernel_ips, pe_user_skip};
 use crate::hash::trace_hash;
-use crate::sync::{AtomicU32, Ordering};
 use crate::uapi::{
     StackBuildId, BPF_F_FAST_STACK_CMP, BPF_F_REUSE_STACKID, BPF_F_SKIP_FIELD_MASK,
     BPF_F_USER_STACK, STACKID_FLAG_MASK,
@@ -146,54 +147,40 @@ impl StackMapIn<'_> {
         }
         // At most `value_frames`: the trace was cut to `value_frames + skip`.
         let ips = trace.get(skip..).unwrap_or(&[]);
-        let hash = trace_hash(ips);
+        if self.geo.build_id() {
+            return self.stackid_build_id(cpu, ips, flags, resolver);
+        }
+        // The hit cache (cache.rs): a verified id, or at least the hash.
+        let (key, hash) = match self.probe(ips) {
+            (_, Probe::Hit(id)) => return Ok(id),
+            (key, Probe::Hash(hash)) => (key, hash),
+            (key, Probe::Miss) => (key, trace_hash(ips)),
+        };
+        let (id, slot) = self.stackid_ips(cpu, ips, hash, flags)?;
+        self.refresh(key, slot);
+        Ok(id)
+    }
+
+    /// `__bpf_get_stackid` for an ips map, from the trace's hash: the id
+    /// and the slot that holds the stack in its bucket.
+    fn stackid_ips(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        hash: u32,
+        flags: u64,
+    ) -> Result<(u32, u32), Error> {
         let id = hash & (self.geo.n_buckets - 1);
         let bucket = self.bucket(id).ok_or(Error::Fault)?;
         let nr = ips.len() as u32;
         let fast = flags & BPF_F_FAST_STACK_CMP != 0;
         let reuse = flags & BPF_F_REUSE_STACKID != 0;
-
-        if self.geo.build_id() {
-            if fast {
-                let seen = self.observe(bucket, |e| e.word(HASH) == hash);
-                if let Seen::Slot(_, true) = seen {
-                    return Ok(id);
-                }
-            }
-            // The kernel pops before comparing build-id stacks (a full map
-            // gives ENOMEM even for a known stack); so do we.
-            let (slot, new) = self.take_slot(cpu)?;
-            let user = flags & BPF_F_USER_STACK != 0;
-            self.write(new, hash, nr, |data| {
-                write_build_ids(data, ips, user, resolver)
-            });
-            let frame_words = nr as usize * (size_of::<StackBuildId>() / 4);
-            loop {
-                let seen = self.observe(bucket, |e| {
-                    if e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words) {
-                        Cmp::Same
-                    } else {
-                        Cmp::Other
-                    }
-                });
-                let expect = match decide(seen, reuse) {
-                    Ok(expect) => expect,
-                    Err(hit_or_exist) => {
-                        self.freelist.push(cpu, slot);
-                        return hit_or_exist.map(|()| id);
-                    }
-                };
-                if self.publish(cpu, bucket, expect, slot, reuse) {
-                    return Ok(id);
-                }
-            }
-        }
-
         loop {
             let seen = self.observe(bucket, |e| {
-                if e.word(HASH) != hash {
+                let (h, n) = e.hash_nr();
+                if h != hash {
                     Cmp::Other
-                } else if fast || (e.word(NR) == nr && e.eq_ips(ips)) {
+                } else if fast || (n == nr && e.eq_ips(ips)) {
                     Cmp::Same
                 } else {
                     Cmp::Other
@@ -201,46 +188,75 @@ impl StackMapIn<'_> {
             });
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
-                Err(hit_or_exist) => return hit_or_exist.map(|()| id),
+                Err(hit_or_exist) => return hit_or_exist.map(|b| (id, b.wrapping_sub(1))),
             };
             let (slot, new) = self.take_slot(cpu)?;
-            self.write(new, hash, nr, |data| {
-                for (w, &ip) in data.chunks_exact(2).zip(ips) {
-                    let [lo, hi] = ip_words(ip);
-                    // Relaxed: inside the slot's write section (see `write`).
-                    w[0].store(lo, Ordering::Relaxed);
-                    w[1].store(hi, Ordering::Relaxed);
-                }
-            });
+            self.write(new, hash, nr, |e| e.store_ips(ips));
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok(id);
+                return Ok((id, slot));
             }
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.
             self.freelist.push(cpu, slot);
         }
     }
+
+    /// `__bpf_get_stackid` for a build-id map: the kernel pops an element
+    /// before comparing (a full map gives ENOMEM even for a known stack),
+    /// and so do we.
+    fn stackid_build_id<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
+        let hash = trace_hash(ips);
+        let id = hash & (self.geo.n_buckets - 1);
+        let bucket = self.bucket(id).ok_or(Error::Fault)?;
+        let nr = ips.len() as u32;
+        let reuse = flags & BPF_F_REUSE_STACKID != 0;
+        if flags & BPF_F_FAST_STACK_CMP != 0 {
+            let seen = self.observe(bucket, |e| e.hash_nr().0 == hash);
+            if let Seen::Slot(_, true) = seen {
+                return Ok(id);
+            }
+        }
+        let (slot, new) = self.take_slot(cpu)?;
+        let user = flags & BPF_F_USER_STACK != 0;
+        self.write(new, hash, nr, |e| write_build_ids(e, ips, user, resolver));
+        let frame_words = nr as usize * (size_of::<StackBuildId>() / WORD);
+        loop {
+            let seen = self.observe(bucket, |e| {
+                if e.hash_nr() == (hash, nr) && e.eq_data(&new, frame_words) {
+                    Cmp::Same
+                } else {
+                    Cmp::Other
+                }
+            });
+            let expect = match decide(seen, reuse) {
+                Ok(expect) => expect,
+                Err(hit_or_exist) => {
+                    self.freelist.push(cpu, slot);
+                    return hit_or_exist.map(|_| id);
+                }
+            };
+            if self.publish(cpu, bucket, expect, slot, reuse) {
+                return Ok(id);
+            }
+        }
+    }
 }
 
 /// Stores `ips` as build-id frames into a slot's data words.
 fn write_build_ids<R: VmaResolver + ?Sized>(
-    data: &[AtomicU32],
+    e: Elem<'_>,
     ips: &[u64],
     user: bool,
     resolver: Option<&R>,
 ) {
-    let words = size_of::<StackBuildId>() / 4;
+    let words = size_of::<StackBuildId>() / WORD;
     resolve_frames(ips, user, resolver, |i, frame| {
-        let bytes = zerocopy::IntoBytes::as_bytes(frame);
-        let at = i * words;
-        if let Some(dst) = data.get(at..at + words) {
-            for (w, c) in dst.iter().zip(bytes.chunks_exact(4)) {
-                // Relaxed: inside the slot's write section (see `write`).
-                w.store(
-                    u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
-                    Ordering::Relaxed,
-                );
-            }
-        }
+        e.store_bytes(i * words, zerocopy::IntoBytes::as_bytes(frame));
     });
 }
