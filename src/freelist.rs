@@ -27,13 +27,34 @@
 //!   range pushed in increasing order (so the highest index of the range is
 //!   on top and is popped first, as in the kernel).
 //!
+//! # Generations (the map's view)
+//!
+//! Each CPU has three such stacks, and a `young` word saying which of them
+//! pushes go to. A plain view ([`FreeList::new`]) pushes to and pops from
+//! stack 0 (stacks 1 and 2 stay empty): one Treiber stack per CPU, as
+//! above. An *aging* view ([`FreeList::new_aging`], the map's) treats the
+//! three as generations: pushes go to the young one, pops take from the
+//! oldest, then the middle, then the young one; a pop that finds the
+//! oldest empty makes it the young one (one CAS on `young`; losing it is
+//! fine), so the middle generation becomes the oldest.
+//!
+//! An index freed now is handed out again only after the older free
+//! indices: at least about half the CPU's free list is taken before it
+//! (with two generations an index freed just before a flip would come
+//! straight back, LIFO). So a map element keeps its last stack intact on
+//! the freelist for a while, which lets the hit cache recover that stack's
+//! hash when it comes back (`map/cache.rs`). Which stack an operation
+//! picks never matters for correctness: each is a Treiber stack on its
+//! own, and `young` only steers (any value is safe, so it is read and
+//! moved Relaxed).
+//!
 //! The kernel falls back to an extra, locked list when an NMI cannot take a
 //! CPU's lock; a lock-free stack never needs one, so there is none.
 //!
 //! # Invariants
 //!
 //! - Conservation: every index in `0..capacity` is in exactly one place at
-//!   any time: on exactly one CPU's stack (reachable from its head through
+//!   any time: on exactly one stack (reachable from its head through
 //!   `links`), or in the hands of exactly one caller (returned by `pop`, or
 //!   never pushed since `new`/`populate`, and not pushed back yet).
 //! - No index is returned by two pops without a push of it between them.
@@ -116,8 +137,43 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU32, HeadAtomic, HeadWord, Ordering, HEAD_INDEX_BITS, HEAD_INDEX_MAX};
 
-/// One per-CPU stack head: `{tag, index}` packed in one atomic word, on a
-/// cache line of its own. Make them with [`new_head`].
+/// One CPU's heads, on a cache line of their own: three stack heads (the
+/// generations, see the module docs) and which of them is young. Make them
+/// with [`new_head`].
+pub type Head = CachePadded<CpuHeads>;
+
+/// One CPU's three stack heads and its `young` word; see [`Head`].
+#[derive(Debug)]
+pub struct CpuHeads {
+    /// Three Treiber stacks, each a [`StackHead`] word.
+    stacks: [StackHead; 3],
+    /// The stack an aging view pushes to: 0, 1 or 2 (others count as 2).
+    young: AtomicU32,
+}
+
+/// An aging view's stacks of one CPU, given `young`: the oldest, the
+/// middle and the young one.
+#[inline]
+fn by_age(heads: &CpuHeads, young: u32) -> [&StackHead; 3] {
+    let [s0, s1, s2] = &heads.stacks;
+    match young {
+        0 => [s1, s2, s0],
+        1 => [s2, s0, s1],
+        _ => [s0, s1, s2],
+    }
+}
+
+/// The `young` value that makes the current oldest stack the young one.
+#[inline]
+fn next_young(young: u32) -> u32 {
+    match young {
+        0 => 1,
+        1 => 2,
+        _ => 0,
+    }
+}
+
+/// One stack head: `{tag, index}` packed in one atomic word.
 ///
 /// Bit layout of the word (`B` = 32 where the target has 64-bit atomics,
 /// 16 elsewhere):
@@ -131,7 +187,7 @@ use crate::sync::{AtomicU32, HeadAtomic, HeadWord, Ordering, HEAD_INDEX_BITS, HE
 ///
 /// `index` is the top element, or all ones (`EMPTY`) for an empty stack;
 /// `tag` counts successful pops (mod 2^B) to defeat ABA.
-pub type Head = CachePadded<HeadAtomic>;
+pub type StackHead = HeadAtomic;
 
 /// The largest number of elements a list can hold on this target:
 /// 2^32 - 2 with 64-bit atomics, 65,534 without (the index field must also
@@ -173,10 +229,14 @@ fn pack(tag: HeadWord, index: u32) -> HeadWord {
     (tag << HEAD_INDEX_BITS) | (HeadWord::from(index) & INDEX_MASK)
 }
 
-/// An empty head (tag 0, index `EMPTY`), for building the `heads` slice of
-/// a [`FreeList`] in memory the caller owns.
+/// One CPU's empty heads (tag 0, index `EMPTY`; stack 2 young, so stack
+/// 0 is the oldest), for building the `heads` slice of a [`FreeList`] in
+/// memory the caller owns.
 pub fn new_head() -> Head {
-    CachePadded::new(HeadAtomic::new(pack(0, EMPTY)))
+    CachePadded::new(CpuHeads {
+        stacks: core::array::from_fn(|_| HeadAtomic::new(pack(0, EMPTY))),
+        young: AtomicU32::new(2),
+    })
 }
 
 /// A next-link for the `links` slice of a [`FreeList`]. Its value does not
@@ -253,6 +313,9 @@ pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
     links: L,
     /// The number of elements: indices are `0..n`.
     n: u32,
+    /// Push to the young stack and pop the old one first (see the module
+    /// docs); a plain view uses stack 0 only.
+    aging: bool,
 }
 
 impl<'a, L: Links + 'a> FreeList<'a, L> {
@@ -274,7 +337,23 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         let n = u32::try_from(links.len())
             .unwrap_or(MAX_ELEMS)
             .min(MAX_ELEMS);
-        FreeList { heads, links, n }
+        FreeList {
+            heads,
+            links,
+            n,
+            aging: false,
+        }
+    }
+
+    /// [`new`](Self::new), but an aging view: pushes go to each CPU's young
+    /// stack and pops take from its old one first, so a freed index is
+    /// reused after the older free ones (see the module docs). Views of
+    /// either kind may share memory; they only order things differently.
+    pub fn new_aging(heads: &'a [Head], links: L) -> Self {
+        FreeList {
+            aging: true,
+            ..Self::new(heads, links)
+        }
     }
 
     /// The number of per-CPU stacks.
@@ -294,6 +373,12 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// one more on each of the first `n % nr_cpus` CPUs, consecutive ranges
     /// in CPU order, each range's highest index on top.
     ///
+    /// Each CPU's range is split over two stacks, the upper half on stack 0
+    /// (the oldest generation of an aging view) and the lower half on stack
+    /// 1 (the middle one): both kinds of view pop them in the order a single
+    /// stack would (stack 0, then stack 1), and an aging view starts with
+    /// two generations, so it delays reuse from the first pops on.
+    ///
     /// This resets the list: whatever it held before is forgotten (tags are
     /// kept). Not to be run concurrently with anything else on the same
     /// memory; call it before the list is shared.
@@ -308,19 +393,26 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         for (cpu, head) in self.heads.iter().enumerate() {
             let count = per_cpu + usize::from(cpu < extra);
             let end = start + count; // <= n: the counts sum to n
-            let mut top = EMPTY;
-            for i in start..end {
-                // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
-                let i = u32::try_from(i).unwrap_or(EMPTY);
-                // Not concurrent with anything; publishing the list (spawn,
-                // Release store of a pointer) orders it for readers.
-                self.links.store(i, top);
-                top = i;
+            let mid = start + count / 2;
+            // Stack 1 gets start..mid, stack 0 mid..end, stack 2 nothing.
+            let ranges = [mid..end, start..mid, end..end];
+            for (stack, range) in head.stacks.iter().zip(ranges) {
+                let mut top = EMPTY;
+                for i in range {
+                    // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
+                    let i = u32::try_from(i).unwrap_or(EMPTY);
+                    // Not concurrent with anything; publishing the list
+                    // (spawn, Release store of a pointer) orders it.
+                    self.links.store(i, top);
+                    top = i;
+                }
+                // Relaxed: not concurrent with anything (see the link store).
+                let old = stack.load(Ordering::Relaxed);
+                // Relaxed: as above; the list is not shared yet.
+                stack.store(pack(tag_of(old), top), Ordering::Relaxed);
             }
-            // Relaxed: not concurrent with anything (see the link store).
-            let old = head.load(Ordering::Relaxed);
-            // Relaxed: as above; the list is not shared yet.
-            head.store(pack(tag_of(old), top), Ordering::Relaxed);
+            // Relaxed: as above. Stack 0 is the oldest, 1 the middle.
+            head.young.store(2, Ordering::Relaxed);
             start = end;
         }
     }
@@ -333,12 +425,20 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// a caller bug: it trips a `debug_assert` and is otherwise ignored.
     #[inline]
     pub fn push(&self, cpu: usize, idx: u32) {
-        let head = cpu
+        let heads = cpu
             .checked_rem(self.heads.len())
             .and_then(|c| self.heads.get(c));
-        let (true, Some(head)) = (idx < self.n, head) else {
+        let (true, Some(heads)) = (idx < self.n, heads) else {
             debug_assert!(false, "push of index {idx} out of range or no CPUs");
             return;
+        };
+        let head = if self.aging {
+            // Relaxed: `young` only steers (any stack is a valid one).
+            let [_, _, young] = by_age(heads, heads.young.load(Ordering::Relaxed));
+            young
+        } else {
+            let [s0, _, _] = &heads.stacks;
+            s0
         };
         // Relaxed: only a guess at the expected value; the CAS below checks it.
         let mut cur = head.load(Ordering::Relaxed);
@@ -381,7 +481,32 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         let (before, from) = self.heads.split_at_checked(start)?;
         from.iter()
             .chain(before)
-            .find_map(|head| self.pop_one(head))
+            .find_map(|heads| self.pop_cpu(heads))
+    }
+
+    /// Pop from one CPU's stacks: a plain view in index order, an aging
+    /// one from the oldest generation to the young one (making the oldest
+    /// the young one if it is empty). `None` if all were seen empty.
+    #[inline]
+    fn pop_cpu(&self, heads: &CpuHeads) -> Option<u32> {
+        if !self.aging {
+            return heads.stacks.iter().find_map(|s| self.pop_one(s));
+        }
+        // Relaxed: `young` only steers (see the module docs).
+        let young = heads.young.load(Ordering::Relaxed);
+        let [oldest, middle, newest] = by_age(heads, young);
+        if let Some(i) = self.pop_one(oldest) {
+            return Some(i);
+        }
+        // The oldest generation is used up: it becomes the young one.
+        // Relaxed: steering only; a lost race means someone moved it.
+        let _ = heads.young.compare_exchange(
+            young,
+            next_young(young),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.pop_one(middle).or_else(|| self.pop_one(newest))
     }
 
     /// Pop from one CPU's stack; `None` if it was seen empty.
@@ -411,7 +536,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// 2, so T1's CAS fails and T1 retries with the current head. The loom
     /// model `pop_vs_pop_aba` is this table.
     #[inline]
-    fn pop_one(&self, head: &Head) -> Option<u32> {
+    fn pop_one(&self, head: &StackHead) -> Option<u32> {
         // Acquire: pairs with the Release CAS of the push that put this index
         // on top (every later CAS on the head is an RMW, so continues that
         // release sequence), making its link store visible to the load below.
@@ -525,6 +650,12 @@ impl OwnedFreeList {
     pub fn list(&self) -> FreeList<'_> {
         FreeList::new(&self.heads, &self.links[..])
     }
+
+    /// An aging view ([`FreeList::new_aging`]) of the same list.
+    #[inline]
+    pub fn aging_list(&self) -> FreeList<'_> {
+        FreeList::new_aging(&self.heads, &self.links[..])
+    }
 }
 
 #[cfg(all(test, feature = "alloc"))]
@@ -560,13 +691,14 @@ mod tests {
             .collect()
     }
 
-    /// Pop each CPU's own stack alone (no stealing) by reading the heads.
+    /// Pop each CPU's own stacks alone (no stealing) by reading the heads,
+    /// in a plain view's order.
     fn stacks(list: FreeList<'_>) -> Vec<Vec<u32>> {
         list.heads
             .iter()
             .map(|head| {
                 let mut s = Vec::new();
-                while let Some(i) = list.pop_one(head) {
+                while let Some(i) = list.pop_cpu(head) {
                     s.push(i);
                 }
                 s.reverse(); // bottom first
@@ -617,7 +749,7 @@ mod tests {
         use core::sync::atomic::Ordering::SeqCst;
         let l = OwnedFreeList::new_populated(1, 3).unwrap();
         let list = l.list();
-        let head = &list.heads[0];
+        let head = &list.heads[0].stacks[0];
         // Move the tag to its largest value; the next pop wraps it to 0.
         head.store(pack(INDEX_MASK, index_of(head.load(SeqCst))), SeqCst);
         assert_eq!(list.pop(0), Some(2));
@@ -740,6 +872,77 @@ mod tests {
     }
 
     #[test]
+    fn aging_reuses_the_oldest_generation_first() {
+        let l = OwnedFreeList::new_populated(1, 4).unwrap();
+        let list = l.aging_list();
+        // populate: [2, 3] oldest (3 on top), [0, 1] middle.
+        assert_eq!(list.pop(0), Some(3));
+        list.push(0, 3); // young: not handed out before 2, 1, 0
+        assert_eq!(list.pop(0), Some(2));
+        list.push(0, 2);
+        // The oldest is used up: it becomes the young one, [0, 1] the oldest.
+        assert_eq!(list.pop(0), Some(1));
+        assert_eq!(list.pop(0), Some(0));
+        // Again: [3, 2] (2 on top) is the oldest now.
+        assert_eq!(list.pop(0), Some(2));
+        list.push(0, 0);
+        list.push(0, 1);
+        assert_eq!(list.pop(0), Some(3), "older than 0 and 1");
+        assert_eq!(list.pop(0), Some(1));
+        assert_eq!(list.pop(0), Some(0));
+        assert_eq!(list.pop(0), None);
+        // A plain view of the same memory sees every stack too.
+        list.push(0, 2);
+        assert_eq!(l.list().pop(0), Some(2));
+        list.push(0, 3);
+        list.push(0, 2);
+        assert_conserved(l.list(), vec![0, 1]);
+        // Stealing takes another CPU's oldest generation first, too.
+        let l = OwnedFreeList::new_populated(2, 4).unwrap(); // [0, 1] [2, 3]
+        let list = l.aging_list();
+        assert_eq!(list.pop(1), Some(3));
+        list.push(1, 3);
+        assert_eq!(list.pop(1), Some(2));
+        assert_eq!(list.pop(0), Some(1));
+        assert_eq!(list.pop(0), Some(0));
+        assert_eq!(list.pop(0), Some(3), "stolen from CPU 1's young stack");
+        assert_eq!(list.pop(0), None);
+        assert_conserved(list, vec![0, 1, 2, 3]);
+    }
+
+    /// The point of the generations: in a steady churn (pop one, push the
+    /// one popped before), an index comes back only after at least half
+    /// of the free list has been handed out; a plain view hands the last
+    /// pushed index straight back.
+    #[test]
+    fn aging_delays_reuse() {
+        let n = if cfg!(miri) { 16 } else { 64 };
+        for aging in [false, true] {
+            let l = OwnedFreeList::new_populated(1, n).unwrap();
+            let list = if aging { l.aging_list() } else { l.list() };
+            let mut pushed_at = vec![None; n as usize];
+            let mut held = list.pop(0).unwrap();
+            let mut min_gap = usize::MAX;
+            for t in 0..20 * n as usize {
+                let i = list.pop(0).unwrap();
+                if let Some(at) = pushed_at[i as usize] {
+                    min_gap = min_gap.min(t - at);
+                }
+                list.push(0, held);
+                pushed_at[held as usize] = Some(t);
+                held = i;
+            }
+            let free = n as usize - 1;
+            if aging {
+                assert!(min_gap >= free / 2, "reused after {min_gap} of {free}");
+            } else {
+                assert_eq!(min_gap, 1, "LIFO");
+            }
+            assert_conserved(list, vec![held]);
+        }
+    }
+
+    #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "out of range"))]
     fn push_out_of_range_is_ignored() {
         let l = OwnedFreeList::new_populated(2, 3).unwrap();
@@ -766,7 +969,7 @@ mod tests {
     /// random CPUs, each holding up to a few indices at a time; a shared
     /// "held" bit per index catches any index popped twice without a push
     /// in between. At the end every index must be on the list exactly once.
-    fn stress(threads: usize, total_pairs: usize, nr_cpus: usize, n: u32) {
+    fn stress(threads: usize, total_pairs: usize, nr_cpus: usize, n: u32, aging: bool) {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let owned = Arc::new(OwnedFreeList::new_populated(nr_cpus, n).unwrap());
         let held: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
@@ -775,7 +978,11 @@ mod tests {
             .map(|t| {
                 let (owned, held) = (owned.clone(), held.clone());
                 thread::spawn(move || {
-                    let list = owned.list();
+                    let list = if aging {
+                        owned.aging_list()
+                    } else {
+                        owned.list()
+                    };
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
                     let mut hand: Vec<u32> = Vec::new();
                     let mut misses = 0usize;
@@ -809,7 +1016,8 @@ mod tests {
     }
 
     /// 2..=8 threads, 1,000,000 pop/push pairs in total per run (under Miri:
-    /// 2..=3 threads, 300 pairs).
+    /// 2..=3 threads, 300 pairs); aging views at even thread counts, plain
+    /// ones at odd.
     #[test]
     fn stress_conservation() {
         let (threads, pairs) = if cfg!(miri) {
@@ -819,7 +1027,7 @@ mod tests {
         };
         for t in threads {
             // Few elements over few CPUs: lots of contention and stealing.
-            stress(t, pairs, 3, 2 * t as u32 + 1);
+            stress(t, pairs, 3, 2 * t as u32 + 1, t % 2 == 0);
         }
     }
 }
