@@ -254,6 +254,7 @@ pub fn new_link() -> AtomicU32 {
 /// harmless). An implementation must make `store` visible to a thread that
 /// acquires the head CAS that follows it (a Relaxed store suffices), and
 /// must not disturb anything a concurrent reader of the element relies on.
+#[allow(clippy::len_without_is_empty)] // a count of links, not a container
 pub trait Links: Copy {
     /// The number of elements (indices `0..len()`).
     fn len(&self) -> usize;

@@ -28,7 +28,7 @@ use core::sync::atomic::AtomicBool;
 
 use crate::freelist::{self, Head};
 use crate::map::{Geometry, HDR_WORDS};
-use crate::sync::{AtomicU32, ElemAtomic};
+use crate::sync::{AtomicU32, ElemAtomic, ElemWord};
 use crate::Error;
 
 /// Byte offsets of the four arrays in a map's block.
@@ -39,7 +39,7 @@ pub(crate) struct Layout {
     pub elems: usize,
     /// Bytes from the (aligned) start of the block to its end.
     pub size: usize,
-    /// Words per element: `HDR_WORDS + value_size / size_of::<ElemAtomic>()`.
+    /// Words per element: `HDR_WORDS + value_size / size_of::<ElemWord>()`.
     pub stride: usize,
     /// Entries of the hit cache (0 on build-id maps).
     pub n_cache: usize,
@@ -73,7 +73,9 @@ impl Layout {
         }
         let word = size_of::<AtomicU32>();
         let max_entries = g.attr.max_entries as usize;
-        let stride = HDR_WORDS + g.attr.value_size as usize / size_of::<ElemAtomic>();
+        // The word's value size, not the atomic's: loom's atomics are
+        // bigger than the integers they model.
+        let stride = HDR_WORDS + g.attr.value_size as usize / size_of::<ElemWord>();
         let n_cache = if g.build_id() {
             0
         } else {

@@ -31,16 +31,18 @@
 //!
 //! `probe` (every ips-map `get_stackid`, before `jhash2`; writes nothing):
 //! 1. Load the entry (Relaxed). Check bits differ: miss.
-//! 2. Read the named slot's `(hash, nr)`, Relaxed and unvalidated: only a
-//!    hint. `nr` differs: miss. Else `id = hash & (n_buckets - 1)`.
-//! 3. `observe` bucket `id` (protocol.rs), comparing hash, `nr` and every
-//!    frame: equal means **hit**, return `id`.
-//! 4. Else read the named slot under its sequence number alone (`seq` even
-//!    and unchanged around the read; no retry): if that version holds
-//!    exactly these frames, its `hash` is their `jhash2` (E1 below). The
-//!    slow path starts from it instead of computing `jhash2` (a stack that
-//!    was replaced or deleted and comes back while its old slot is still
-//!    intact on the freelist).
+//! 2. Read the named slot under its sequence number (`seq` even and the
+//!    same before and after, with the fences of `observe`; no retry):
+//!    its `(hash, nr)`, bucket `id = hash & (n_buckets - 1)` (loaded before
+//!    the frames, so the two cache misses overlap) and every frame. A slot
+//!    that changed meanwhile, or holds other frames: miss.
+//! 3. One complete version of the slot held exactly these frames. If
+//!    bucket `id` named this slot while it did: **hit**, return `id`.
+//! 4. Otherwise the slot is off its bucket (a stack that was replaced or
+//!    deleted and comes back while its old element is intact on the
+//!    freelist, which ages free elements for that: `freelist.rs`): its
+//!    `hash` is the frames' `jhash2` (E1), and the slow path starts from it
+//!    instead of computing `jhash2`.
 //!
 //! The slow path is `__bpf_get_stackid` (stackid.rs). When it returns
 //! `Ok(id)` (a hit or a store) it **refreshes** the entry to name the slot
@@ -60,24 +62,24 @@
 //!   or is being rewritten, or a value written by no one) gives at worst a
 //!   miss, and a miss returns exactly what the slow path returns.
 //!
-//! Why a hit is the kernel's answer: step 3 saw bucket `id` hold exactly
-//! these frames at one moment during the call (observe's guarantee), so by
-//! E2 their `jhash2` selects bucket `id`: the kernel would compute `id`,
-//! find the same stack and return `id`, whatever the flags (REUSE only acts
-//! on a mismatch; FAST_CMP compares the hash, equal by E1). Why step 4's
-//! hash is exact: E1 on a validated version. Build-id maps skip the cache:
+//! Why a hit is the kernel's answer: step 3 saw bucket `id` hold a slot
+//! while that slot held exactly these frames (the bucket load sits inside
+//! the validated read; if it read a later publish of the slot, that
+//! publish's write section happens-before the second `seq` load, which
+//! then differs), so by E2 their `jhash2` selects bucket `id`: the kernel
+//! would compute `id`, find the same stack and return `id`, whatever the
+//! flags (REUSE only acts on a mismatch; FAST_CMP compares the hash, equal
+//! by E1). Why step 4's hash is exact: E1 on a validated version. Build-id maps skip the cache:
 //! the kernel pops an element before comparing their stacks (a full map
 //! gives `ENOMEM` even for a known stack), and their elements hold build-id
 //! frames, not the hashed ips (E1 does not hold).
 //!
 //! # Progress and cost
 //!
-//! A probe adds one observe (lock-free, as every read) and one bounded slot
-//! read (a slot that changes under it is a miss, not a retry) in front of
-//! the slow path. It allocates nothing, and a hit stores nothing shared.
+//! A probe is wait-free: one bounded read (a slot that changes under it
+//! is a miss, not a retry) in front of the slow path. It allocates
+//! nothing, and a hit stores nothing shared.
 
-use super::elem::Elem;
-use super::protocol::Seen;
 use super::StackMapIn;
 use crate::hash::StackHasher;
 use crate::sync::{fence, AtomicU32, Ordering};
@@ -182,26 +184,40 @@ impl<'a> StackMapIn<'a> {
         let Some(e) = self.elem(slot) else {
             return Probe::Miss;
         };
-        let nr = ips.len() as u32;
-        // A hint, read with no validation: it only picks the bucket.
-        let (hash, n) = e.hash_nr();
-        if n != nr {
+        // Acquire: pairs with `end_write`'s Release store (or a link
+        // store's Release, see elem.rs): the version's words are visible.
+        let s1 = e.seq(Ordering::Acquire);
+        let (hash, nr) = e.hash_nr();
+        if nr != ips.len() as u32 {
             return Probe::Miss;
         }
         let id = hash & (self.geo.n_buckets - 1);
-        let Some(bucket) = self.bucket(id) else {
-            return Probe::Miss;
+        // Loaded before the frames are compared, so that the two misses
+        // overlap. Relaxed: the fence below makes it acquire: if it reads a
+        // publish of this slot that came after a rewrite, that rewrite's
+        // `end_write` happens-before the `seq` load below, which then
+        // differs from `s1`.
+        let bucket = match self.bucket(id) {
+            Some(b) => b.load(Ordering::Relaxed),
+            None => 0,
         };
-        match self.observe(bucket, |b| b.hash_nr() == (hash, nr) && b.eq_ips(ips)) {
-            Seen::Slot(_, true) => return Probe::Hit(id),
-            // The named slot is in its bucket and is another stack now.
-            Seen::Slot(b, false) if b == slot + 1 => return Probe::Miss,
-            _ => {}
-        }
-        if holds(e, hash, ips) {
-            Probe::Hash(hash)
-        } else {
+        let same = e.eq_ips(ips);
+        // Acquire fence: pairs with `begin_write`'s Release fence; if a load
+        // above saw a later write section's store, the load below sees its
+        // odd (or later) sequence number.
+        fence(Ordering::Acquire);
+        // Relaxed: ordered after the fence above.
+        let s2 = e.seq(Ordering::Relaxed);
+        // One complete version of the slot held exactly these frames.
+        let valid = same && s1 & 1 == 0 && s2 == s1;
+        if !valid {
             Probe::Miss
+        } else if bucket == slot + 1 {
+            // ... and it was in bucket `id` while it did: a hit.
+            Probe::Hit(id)
+        } else {
+            // ... but not in its bucket: its hash is the frames' (E1).
+            Probe::Hash(hash)
         }
     }
 
@@ -227,21 +243,4 @@ impl<'a> StackMapIn<'a> {
             self.cache.refresh(&key, slot);
         }
     }
-}
-
-/// Step 4: does one complete version of `e` hold `hash`, `ips.len()` and
-/// exactly `ips`? (No retry: a slot being written is a miss.)
-#[inline]
-fn holds(e: Elem<'_>, hash: u32, ips: &[u64]) -> bool {
-    // Acquire: pairs with `end_write`'s Release store (or a link store's
-    // Release, see elem.rs), so the version's words are visible below.
-    let s1 = e.seq(Ordering::Acquire);
-    let same = e.hash_nr() == (hash, ips.len() as u32) && e.eq_ips(ips);
-    // Acquire fence: pairs with `begin_write`'s Release fence; if a load
-    // above saw a later write section's store, the load below sees its
-    // odd (or later) sequence number.
-    fence(Ordering::Acquire);
-    // Relaxed: ordered after the fence above.
-    let s2 = e.seq(Ordering::Relaxed);
-    same && s1 & 1 == 0 && s2 == s1
 }

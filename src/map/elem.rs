@@ -206,7 +206,7 @@ impl Elem<'_> {
         // Release: a reader's Acquire load of `seq` may read this store
         // instead of `end_write`'s; it must still see the slot's data (see
         // the module docs). Also published by the push's Release CAS.
-        w.store(seq | u64::from(next) << 32, Ordering::Release);
+        w.store(seq + (u64::from(next) << 32), Ordering::Release);
     }
 
     /// `(hash, nr)`, Relaxed: trusted only after validation with `seq`.
