@@ -19,6 +19,17 @@
 //!   writer thread churns the same buckets; the readers' ops are timed.
 //! - `mix`: a pool of 10,000 stacks of depth 5..=64, Zipf(1.0) over the
 //!   pool, `BPF_F_REUSE_STACKID`, map of 16,384 entries.
+//! - `replay` (1 and 2 threads): the recorded call chains of a busy
+//!   machine (`benches/data/chains.txt.gz`), every sample once, from an
+//!   empty structure: `intern` (the stack maps: `get_stackid` with flags 0,
+//!   whose refusals are dropped samples; hash maps: get or insert with a
+//!   counter's next id). One criterion iteration is one whole pass (the
+//!   samples dealt round-robin to the threads); the structure is built
+//!   before and dropped after the timed part.
+//!
+//! The `depot` peer (`StackDepot`) runs in `hit` and `mix` (where it never
+//! evicts: 16,384 stacks, 48 words each) and `replay` (65,536 stacks,
+//! 2^20 words).
 //!
 //! Peers run back to back for each (workload, threads) cell, so the cells
 //! compared in one row are measured close together in time (the machine's
@@ -45,7 +56,9 @@ mod peers;
 mod workload;
 
 use kernel_port::KernelPort;
-use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
+use peers::{
+    DashMapPeer, DepotPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer,
+};
 use workload::Rng;
 
 const THREADS: [usize; 4] = [1, 2, 4, 8];
@@ -206,6 +219,7 @@ fn bench_hit(c: &mut Criterion) {
     for threads in THREADS {
         hit_floor(c, &pool, threads);
         hit_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        hit_peer::<DepotPeer>(c, "depot", &pool, threads);
         hit_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
         hit_peer::<MutexHashMap>(c, "mutex", &pool, threads);
         hit_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
@@ -381,10 +395,137 @@ fn bench_mix(c: &mut Criterion) {
     let pool = workload::mixed_depth_pool(&mut Rng::new(17), MIX_POOL, 5, 64);
     for threads in THREADS {
         mix_peer::<StackMapPeer<KStackMap>>(c, "kstackmap", &pool, threads);
+        mix_peer::<DepotPeer>(c, "depot", &pool, threads);
         mix_peer::<StackMapPeer<KernelPort>>(c, "kernel", &pool, threads);
         mix_peer::<MutexHashMap>(c, "mutex", &pool, threads);
         mix_peer::<DashMapPeer>(c, "dashmap", &pool, threads);
         mix_peer::<PapayaPeer>(c, "papaya", &pool, threads);
+    }
+}
+
+// ------------------------------------------------------------------ replay
+
+const REPLAY_THREADS: [usize; 2] = [1, 2];
+const REPLAY_CAPACITY: u32 = 65_536;
+const REPLAY_ARENA_WORDS: usize = 1 << 20;
+
+/// One pass over `chains` from a fresh `build()`, the samples dealt
+/// round-robin to `threads` threads; returns (wall time, refused samples).
+fn replay_pass<P: Peer>(p: &P, chains: &[Vec<u64>], threads: usize) -> (Duration, u64) {
+    let drops = AtomicU64::new(0);
+    let cpus = nr_cpus();
+    let per_thread = run_parallel(threads, 1, |t, _| {
+        let mut d = 0;
+        for s in chains.iter().skip(t).step_by(threads) {
+            if black_box(p.intern(t % cpus, black_box(s))).is_none() {
+                d += 1;
+            }
+        }
+        drops.fetch_add(d, Ordering::Relaxed);
+    });
+    (per_thread * threads as u32, drops.into_inner())
+}
+
+fn replay_peer<P: Peer>(
+    c: &mut Criterion,
+    name: &str,
+    chains: &[Vec<u64>],
+    threads: usize,
+    build: impl Fn() -> P,
+    after: impl Fn(&P),
+) {
+    // One untimed pass for the report: refused samples, and whatever
+    // `after` prints (the depot's memory).
+    let p = build();
+    let (_, drops) = replay_pass(&p, chains, threads);
+    println!(
+        "replay {name} threads {threads}: {drops} of {} samples refused ({:.1}%)",
+        chains.len(),
+        100.0 * drops as f64 / chains.len() as f64
+    );
+    after(&p);
+    drop(p);
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(chains.len() as u64));
+    group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let p = build();
+                total += replay_pass(&p, chains, threads).0;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let chains = workload::recorded_chains();
+    let distinct: std::collections::HashSet<&Vec<u64>> = chains.iter().collect();
+    let frames: usize = chains.iter().map(Vec::len).sum();
+    println!(
+        "replay: {} samples, {} distinct stacks, mean depth {:.2}",
+        chains.len(),
+        distinct.len(),
+        frames as f64 / chains.len() as f64
+    );
+    let p = params();
+    for threads in REPLAY_THREADS {
+        replay_peer(
+            c,
+            "depot",
+            &chains,
+            threads,
+            || DepotPeer::with(REPLAY_CAPACITY, REPLAY_ARENA_WORDS, p.nr_cpus),
+            |d| {
+                let s = d.0.stats();
+                let frames = s.record_words - s.stacks;
+                println!(
+                    "replay depot: {} stacks, {} frames; records {} B = {:.3} x (8 B x frames + 16 B x stacks); \
+                     mem_usage {} B; lost races {}, wasted words {}",
+                    s.stacks,
+                    frames,
+                    s.record_words * 8,
+                    (s.record_words * 8) as f64 / (8 * frames + 16 * s.stacks) as f64,
+                    d.0.mem_usage(),
+                    s.lost_races,
+                    s.wasted_words
+                );
+            },
+        );
+        replay_peer(
+            c,
+            "kstackmap",
+            &chains,
+            threads,
+            || StackMapPeer::<KStackMap>::build(&p),
+            |_| {},
+        );
+        replay_peer(
+            c,
+            "mutex",
+            &chains,
+            threads,
+            || MutexHashMap::build(&p),
+            |_| {},
+        );
+        replay_peer(
+            c,
+            "dashmap",
+            &chains,
+            threads,
+            || DashMapPeer::build(&p),
+            |_| {},
+        );
+        replay_peer(
+            c,
+            "papaya",
+            &chains,
+            threads,
+            || PapayaPeer::build(&p),
+            |_| {},
+        );
     }
 }
 
@@ -399,6 +540,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hit, bench_churn, bench_lookup, bench_mix
+    targets = bench_hit, bench_churn, bench_lookup, bench_mix, bench_replay
 }
 criterion_main!(benches);

@@ -12,8 +12,14 @@
 //! | `replace` | `get_stackid(REUSE_STACKID)` | `remove(old)` + `insert(new)` (one lock for the Mutex) |
 //! | `read` | `lookup(id)` | `get(stack)` and copy the key out (there is no id index) |
 //! | `mix` | `get_stackid(REUSE_STACKID)` | `get`, or `insert` on a miss (never evicts: 10,000 stacks fit) |
+//! | `intern` | `get_stackid(0)`: `None` (a drop) on `EEXIST` / `ENOMEM` | `get`, or `insert` with the next id of a counter |
+//!
+//! The `depot` peer (`StackDepot`) does `intern` for every op: it never
+//! evicts, so `replace` and `mix` are an intern of the new stack, and
+//! `read` finds the stack by its frames and copies it out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use kstackmap::{trace_hash, uapi, Error};
@@ -45,6 +51,10 @@ pub trait Peer: Sync + Sized {
     fn read(&self, cpu: usize, id: u32, stack: &[u64], out: &mut [u8]) -> bool;
     /// A profiler's call: the id of `stack`, inserting it if needed.
     fn mix(&self, cpu: usize, stack: &[u64]) -> Option<u32>;
+    /// The replay's call: the id of `stack`, stored if new; `None` when the
+    /// structure refuses it (a dropped sample). Hash maps hand out ids from
+    /// a counter, as the depot does.
+    fn intern(&self, cpu: usize, stack: &[u64]) -> Option<u32>;
 }
 
 /// The two calls a stack-map peer needs; implemented by kstackmap's map
@@ -123,6 +133,59 @@ impl<M: StackIdMap> Peer for StackMapPeer<M> {
             .get_stackid(cpu, stack, uapi::BPF_F_REUSE_STACKID)
             .ok()
     }
+    #[inline]
+    fn intern(&self, cpu: usize, stack: &[u64]) -> Option<u32> {
+        self.0.get_stackid(cpu, stack, 0).ok()
+    }
+}
+
+/// kstackmap's `StackDepot`: never evicts, ids of its own.
+pub struct DepotPeer(pub kstackmap::StackDepot);
+
+impl DepotPeer {
+    pub fn with(capacity: u32, arena_words: usize, nr_cpus: usize) -> Self {
+        let cfg = kstackmap::DepotConfig {
+            capacity,
+            arena_words,
+            nr_cpus,
+            seed: 0x5eed_0fde_9000,
+        };
+        DepotPeer(kstackmap::StackDepot::new(&cfg).expect("valid bench config"))
+    }
+}
+
+impl Peer for DepotPeer {
+    /// `max_entries` stacks, 48 words each on average (the mix pool's mean
+    /// depth is 35).
+    fn build(p: &Params) -> Self {
+        DepotPeer::with(p.max_entries, p.max_entries as usize * 48, p.nr_cpus)
+    }
+    #[inline]
+    fn hit(&self, cpu: usize, stack: &[u64]) -> Option<u32> {
+        self.0.intern(cpu, stack).ok()
+    }
+    #[inline]
+    fn replace(&self, cpu: usize, _old: &[u64], new: &[u64]) -> Option<u32> {
+        self.0.intern(cpu, new).ok()
+    }
+    #[inline]
+    fn read(&self, cpu: usize, _id: u32, stack: &[u64], out: &mut [u8]) -> bool {
+        match self.0.intern(cpu, stack).ok().and_then(|id| self.0.get(id)) {
+            Some(words) => {
+                copy_out(words, out);
+                true
+            }
+            None => false,
+        }
+    }
+    #[inline]
+    fn mix(&self, cpu: usize, stack: &[u64]) -> Option<u32> {
+        self.0.intern(cpu, stack).ok()
+    }
+    #[inline]
+    fn intern(&self, cpu: usize, stack: &[u64]) -> Option<u32> {
+        self.0.intern(cpu, stack).ok()
+    }
 }
 
 /// Copy a stack into a lookup buffer as the kernel does: ips little-endian,
@@ -140,6 +203,7 @@ fn copy_out(stack: &[u64], out: &mut [u8]) {
 pub struct MutexHashMap {
     map: Mutex<HashMap<Vec<u64>, u32>>,
     mask: u32,
+    ids: AtomicU32,
 }
 
 impl Peer for MutexHashMap {
@@ -147,6 +211,7 @@ impl Peer for MutexHashMap {
         MutexHashMap {
             map: Mutex::new(HashMap::new()),
             mask: p.n_buckets() - 1,
+            ids: AtomicU32::new(0),
         }
     }
     fn hit(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
@@ -178,12 +243,22 @@ impl Peer for MutexHashMap {
         map.insert(stack.to_vec(), id);
         Some(id)
     }
+    fn intern(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
+        let mut map = self.map.lock().unwrap();
+        if let Some(&id) = map.get(stack) {
+            return Some(id);
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        map.insert(stack.to_vec(), id);
+        Some(id)
+    }
 }
 
 /// `dashmap::DashMap<Vec<u64>, u32>` (sharded `RwLock`s).
 pub struct DashMapPeer {
     map: dashmap::DashMap<Vec<u64>, u32>,
     mask: u32,
+    ids: AtomicU32,
 }
 
 impl Peer for DashMapPeer {
@@ -191,6 +266,7 @@ impl Peer for DashMapPeer {
         DashMapPeer {
             map: dashmap::DashMap::new(),
             mask: p.n_buckets() - 1,
+            ids: AtomicU32::new(0),
         }
     }
     fn hit(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
@@ -219,12 +295,24 @@ impl Peer for DashMapPeer {
         self.map.insert(stack.to_vec(), id);
         Some(id)
     }
+    fn intern(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
+        if let Some(r) = self.map.get(stack) {
+            return Some(*r);
+        }
+        // The entry API keeps two racing inserters of one stack to one id.
+        let id = *self
+            .map
+            .entry(stack.to_vec())
+            .or_insert_with(|| self.ids.fetch_add(1, Ordering::Relaxed));
+        Some(id)
+    }
 }
 
 /// `papaya::HashMap<Vec<u64>, u32>` (lock-free, epoch-reclaimed).
 pub struct PapayaPeer {
     map: papaya::HashMap<Vec<u64>, u32>,
     mask: u32,
+    ids: AtomicU32,
 }
 
 impl Peer for PapayaPeer {
@@ -232,6 +320,7 @@ impl Peer for PapayaPeer {
         PapayaPeer {
             map: papaya::HashMap::new(),
             mask: p.n_buckets() - 1,
+            ids: AtomicU32::new(0),
         }
     }
     fn hit(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
@@ -262,6 +351,15 @@ impl Peer for PapayaPeer {
         let id = trace_hash(stack) & self.mask;
         map.insert(stack.to_vec(), id);
         Some(id)
+    }
+    fn intern(&self, _cpu: usize, stack: &[u64]) -> Option<u32> {
+        let map = self.map.pin();
+        if let Some(&id) = map.get(stack) {
+            return Some(id);
+        }
+        let id =
+            map.get_or_insert_with(stack.to_vec(), || self.ids.fetch_add(1, Ordering::Relaxed));
+        Some(*id)
     }
 }
 

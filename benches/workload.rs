@@ -127,3 +127,22 @@ pub fn uniform_sequence(rng: &mut Rng, n: usize, len: usize) -> Vec<u32> {
         .map(|_| (rng.next_u64() % n as u64) as u32)
         .collect()
 }
+
+/// The recorded call chains (`benches/data/chains.txt.gz`, made by
+/// `scripts/record-chains`: `perf record -a -g` of a busy machine), one
+/// per sample, in recording order.
+pub fn recorded_chains() -> Vec<Vec<u64>> {
+    use std::io::{BufRead, BufReader};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/chains.txt.gz");
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|l| l.expect("gzip text"))
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            l.split(' ')
+                .map(|x| u64::from_str_radix(x, 16).expect("hex ip"))
+                .collect()
+        })
+        .collect()
+}

@@ -24,7 +24,9 @@ mod peers;
 mod workload;
 
 use kernel_port::KernelPort;
-use peers::{DashMapPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer};
+use peers::{
+    DashMapPeer, DepotPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer,
+};
 use workload::Rng;
 
 /// The bench's geometry; `VALUE_SIZE=256` in the environment shrinks the
@@ -43,6 +45,7 @@ enum Op<'a> {
     Churn(&'a [(Vec<u64>, Vec<u64>)]),
     Lookup(&'a [(Vec<u64>, Vec<u64>)], Vec<u32>, Vec<u32>),
     Mix(&'a [Vec<u64>], Vec<u32>),
+    Replay(&'a [Vec<u64>]),
 }
 
 #[inline(never)]
@@ -75,6 +78,11 @@ fn timed_loop<P: Peer>(map: &P, op: &Op<'_>, ops: usize) {
         Op::Mix(pool, seq) => {
             for i in 0..ops {
                 black_box(map.mix(0, black_box(&pool[seq[i & (SEQ_LEN - 1)] as usize])));
+            }
+        }
+        Op::Replay(chains) => {
+            for i in 0..ops {
+                black_box(map.intern(0, black_box(&chains[i % chains.len()])));
             }
         }
     }
@@ -181,6 +189,7 @@ fn setup<P: Peer>(workload: &str) -> (P, Op<'static>) {
             }
             Op::Mix(pool, seq)
         }
+        "replay" => Op::Replay(workload::recorded_chains().leak()),
         other => panic!("unknown workload {other}"),
     };
     (map, op)
@@ -287,6 +296,12 @@ fn main() {
     let ops: usize = args.get(3).map_or(1_000_000, |s| s.parse().expect("ops"));
     match peer {
         "kstackmap" => run::<StackMapPeer<KStackMap>>(workload, ops),
+        "depot" if workload == "replay" => {
+            let d = DepotPeer::with(65_536, 1 << 20, params().nr_cpus);
+            let chains = workload::recorded_chains();
+            timed_loop(&d, &Op::Replay(&chains), ops);
+        }
+        "depot" => run::<DepotPeer>(workload, ops),
         "kernel" => run::<StackMapPeer<KernelPort>>(workload, ops),
         "kstackmap-thp" => run::<StackMapPeer<ThpStackMap>>(workload, ops),
         "mutex" => run::<MutexHashMap>(workload, ops),

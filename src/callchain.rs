@@ -77,7 +77,10 @@ pub fn get_stack_max(
 /// `PERF_CONTEXT_*` markers). The kernel part ends at the first
 /// `PERF_CONTEXT_USER`; the user part skips that many words more (`Fault`
 /// past 255). Each part is then cut to `min(frames + skip, 127)` words, as
-/// Linux 6.19 does.
+/// the kernel's `_pe` depth fix does (checked against Linux 6.18.44 by
+/// `tests/kernel_diff_pe.rs`). The kernel also leaves the sample's own
+/// callchain cut to that depth after a user-stack call, so later helpers
+/// of the same program, and perf's record, see the shorter chain.
 pub fn get_stack_pe(
     callchain: &[u64],
     flags: u64,

@@ -35,6 +35,7 @@ pub mod uapi;
 // The structures and what feeds them.
 mod build_id;
 mod callchain;
+mod depot;
 mod map;
 #[cfg(feature = "model")]
 pub mod model;
@@ -44,6 +45,10 @@ pub use build_id::{BuildId, Vma, VmaResolver};
 #[cfg(feature = "std")]
 pub use build_id::{Mapping, Perms, ProcMaps};
 pub use callchain::{get_stack, get_stack_max, get_stack_pe};
+pub use depot::{
+    DepotConfig, DepotStats, StackDepot, StackDepotIn, StackKind, MAX_ARENA_WORDS, MAX_CAPACITY,
+    PROBE_MAX,
+};
 pub use error::Error;
 pub use hash::{jhash2, trace_hash};
 #[cfg(feature = "alloc")]

@@ -81,14 +81,30 @@ impl Model {
             return Err(Error::Inval);
         }
         let nr_kernel = count_kernel_ips(chain);
-        if flags & BPF_F_USER_STACK == 0 {
-            return self.stackid(&chain[..nr_kernel], flags, resolver);
-        }
-        let skip = (flags & BPF_F_SKIP_FIELD_MASK) + nr_kernel as u64;
-        if skip > BPF_F_SKIP_FIELD_MASK {
+        let (part, flags) = if flags & BPF_F_USER_STACK == 0 {
+            (&chain[..nr_kernel], flags)
+        } else {
+            let skip = (flags & BPF_F_SKIP_FIELD_MASK) + nr_kernel as u64;
+            if skip > BPF_F_SKIP_FIELD_MASK {
+                return Err(Error::Fault);
+            }
+            (chain, (flags & !BPF_F_SKIP_FIELD_MASK) | skip)
+        };
+        // __bpf_get_stackid(.., max_depth) as Linux 6.18.44 has it: EFAULT
+        // on the whole part, then min(nr - skip, max_depth - skip) words,
+        // the difference in u32 (it wraps when skip > max_depth).
+        let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
+        let nr = part.len() as u32;
+        if nr <= skip {
             return Err(Error::Fault);
         }
-        self.stackid(chain, (flags & !BPF_F_SKIP_FIELD_MASK) | skip, resolver)
+        let max_depth = self
+            .geo
+            .value_frames
+            .saturating_add(skip)
+            .min(self.geo.max_stack);
+        let n = (nr - skip).min(max_depth.wrapping_sub(skip));
+        self.insert(&part[skip as usize..][..n as usize], flags, resolver)
     }
 
     /// `__bpf_get_stackid` after the walk (which cuts the chain).
@@ -105,7 +121,16 @@ impl Model {
         if trace.len() <= skip {
             return Err(Error::Fault);
         }
-        let ips = &trace[skip..];
+        self.insert(&trace[skip..], flags, resolver)
+    }
+
+    /// `__bpf_get_stackid` from the hash on, `ips` being the stack.
+    fn insert<R: VmaResolver + ?Sized>(
+        &mut self,
+        ips: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
         let nr = ips.len();
         let hash = trace_hash(ips);
         let id = hash & (self.geo.n_buckets - 1);

@@ -28,9 +28,9 @@
 //! does so for the freelist and the map).
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 
 #[cfg(all(not(loom), target_has_atomic = "64"))]
 #[cfg_attr(kstackmap_head32, allow(unused_imports))]
@@ -88,4 +88,36 @@ pub(crate) fn spin_loop() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     core::hint::spin_loop();
+}
+
+/// Access tracking for plain (non-atomic) memory that threads share under
+/// a publication protocol: the depot's arena.
+///
+/// The memory itself is always plain words reached through a raw pointer,
+/// so that readers can be handed `&[u64]` into it. Under loom, each word
+/// also gets one `Track`, a `loom::cell::UnsafeCell<()>`, and every access
+/// to the word goes through [`Track::with`] / [`Track::with_mut`], so loom
+/// reports any read or write that is not ordered after the last write (a
+/// data race) as a causality violation, the way crossbeam-epoch wraps its
+/// cells. Without loom, `Track` is never built and the calls are free.
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct Track(loom::cell::UnsafeCell<()>);
+
+#[cfg(loom)]
+impl Track {
+    /// A fresh cell: no access yet.
+    pub(crate) fn new() -> Self {
+        Track(loom::cell::UnsafeCell::new(()))
+    }
+
+    /// Runs `f`, a read of the tracked memory, as an immutable access.
+    pub(crate) fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.0.with(|_| f())
+    }
+
+    /// Runs `f`, a write of the tracked memory, as a mutable access.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.0.with_mut(|_| f())
+    }
 }

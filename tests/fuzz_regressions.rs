@@ -4,6 +4,9 @@
 //! The seeds in `fuzz/corpus/*/seed-*` are replayed too, so the checks
 //! themselves run in the ordinary test suite.
 
+#[path = "../fuzz/src/depot.rs"]
+#[allow(dead_code)]
+mod depot;
 #[path = "../fuzz/src/elf_note.rs"]
 mod elf_note;
 #[path = "../fuzz/src/ops.rs"]
@@ -47,6 +50,20 @@ fn ops_seeds() {
             ops::run(&input);
         }
     }
+}
+
+#[test]
+fn depot_seeds() {
+    let seeds = seeds("depot");
+    assert!(!seeds.is_empty());
+    for (name, bytes) in seeds {
+        eprintln!("depot/{name}");
+        if let Some(input) = decode::<depot::Input>(&bytes) {
+            depot::run(&input);
+        }
+    }
+    // All-zero selectors: a valid 1-stack depot, no operations.
+    depot::run(&depot::Input::default());
 }
 
 #[test]

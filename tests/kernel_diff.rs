@@ -33,7 +33,11 @@
 
 mod kernel;
 
-use kernel::ours::{self, Ours};
+use kernel::ours::{self, errno, Ours};
+use kernel::report::{
+    current_cpu, env_seed, errno_name, first_value_diff, loud, nr_cpus, path_byte, seeds, show,
+    show_value, skipped, where_differs, Shown,
+};
 use kernel::{Capture, CreateAttr, Dump, Errno, GetStack, Map, Probe, Rng, GS_BUF_MAX};
 use kstackmap::uapi::*;
 use std::collections::HashMap;
@@ -43,39 +47,6 @@ use std::sync::Mutex;
 /// frames IP) when another thread holds the mmap lock, and the probes are
 /// per-thread anyway.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn skipped() -> bool {
-    match kernel::unavailable() {
-        Some(why) => {
-            loud(&format!("KERNEL DIFF SKIPPED: {why}"));
-            true
-        }
-        None => false,
-    }
-}
-
-/// Writes a line to the real stderr: libtest captures `println!` and
-/// `eprintln!` of passing tests, not writes to the stream itself.
-fn loud(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn env_seed() -> Option<u64> {
-    let s = std::env::var("KDIFF_SEED").ok()?;
-    Some(
-        s.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("KDIFF_SEED={s}: not a u64")),
-    )
-}
-
-fn env_cases(default: u64) -> u64 {
-    std::env::var("KDIFF_CASES")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 // --- what is compared ------------------------------------------------------
 
@@ -89,6 +60,39 @@ trait Subject {
     fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno>;
     /// `bpf_get_stack` on the same chain (not a map operation).
     fn get_stack(&self, chain: &[u64], flags: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+}
+
+impl Subject for Ours<'_> {
+    fn get_stackid(&self, cpu: usize, chain: &[u64], flags: u64) -> Result<u32, Errno> {
+        errno(match self.resolver {
+            Some(r) => self.map.get_stackid_resolved(cpu, chain, flags, r),
+            None => self.map.get_stackid(cpu, chain, flags),
+        })
+    }
+    fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Errno> {
+        errno(self.map.lookup(id, value))
+    }
+    fn lookup_and_delete(&self, id: u32, value: &mut [u8]) -> Result<(), Errno> {
+        errno(self.map.lookup_and_delete(id, value))
+    }
+    fn delete(&self, id: u32) -> Result<(), Errno> {
+        errno(self.map.delete(id))
+    }
+    fn update(&self, id: u32, value: &[u8], flags: u64) -> Result<(), Errno> {
+        errno(self.map.update(id, value, flags))
+    }
+    fn get_next_key(&self, key: Option<u32>) -> Result<u32, Errno> {
+        errno(self.map.get_next_key(key))
+    }
+    fn get_stack(&self, chain: &[u64], flags: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        errno(kstackmap::get_stack_max(
+            chain,
+            flags,
+            buf,
+            self.resolver,
+            self.max_stack,
+        ))
+    }
 }
 
 /// One operation as the kernel did it.
@@ -130,64 +134,6 @@ enum Op {
         key: Option<u32>,
         kernel: Result<u32, Errno>,
     },
-}
-
-fn errno_name(e: Errno) -> String {
-    match kstackmap::Error::from_errno(e) {
-        Some(err) => err.name().to_string(),
-        None => format!("errno {e}"),
-    }
-}
-
-fn show<T: Shown>(r: &Result<T, Errno>) -> String {
-    match r {
-        Ok(v) => format!("Ok({})", v.shown()),
-        Err(e) => errno_name(*e),
-    }
-}
-
-/// Short renderings for mismatch reports.
-trait Shown {
-    fn shown(&self) -> String;
-}
-
-impl Shown for u32 {
-    fn shown(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Shown for usize {
-    fn shown(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Shown for () {
-    fn shown(&self) -> String {
-        String::new()
-    }
-}
-
-impl Shown for Vec<u8> {
-    /// The value as native-endian u64 words, the zero tail left out.
-    fn shown(&self) -> String {
-        let words: Vec<u64> = self
-            .chunks(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w[..c.len()].copy_from_slice(c);
-                u64::from_ne_bytes(w)
-            })
-            .collect();
-        let end = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
-        format!(
-            "{} bytes, words {:x?} + {} zero words",
-            self.len(),
-            &words[..end],
-            words.len() - end
-        )
-    }
 }
 
 // --- cases -----------------------------------------------------------------
@@ -281,20 +227,6 @@ impl Case {
 
     fn n_buckets(&self) -> u32 {
         self.attr.max_entries.next_power_of_two()
-    }
-}
-
-/// One caller of a path (see `kernel::call_path`): mostly the three Rust
-/// functions, now and then a stub in a mapping without a build id or a
-/// fake frame with an odd return address.
-fn path_byte(rng: &mut Rng) -> u8 {
-    if !kernel::HAS_STUBS {
-        return rng.range(0, 3) as u8;
-    }
-    match rng.range(0, 40) {
-        0..=3 => rng.range(3, 5) as u8,
-        4 => 5 + rng.range(0, kernel::fake_ips().len() as u64) as u8,
-        _ => rng.range(0, 3) as u8,
     }
 }
 
@@ -437,17 +369,6 @@ fn result_of(c: &Capture) -> Result<u32, Errno> {
     }
 }
 
-/// Freelist shards for our map: the CPUs this machine has.
-fn nr_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn current_cpu() -> usize {
-    // SAFETY: sched_getcpu has no preconditions.
-    let c = unsafe { libc::sched_getcpu() };
-    usize::try_from(c).unwrap_or(0)
-}
-
 /// Runs `case` against the kernel; returns the ops with the kernel's
 /// results and the final dump.
 fn record(case: &Case, probe: &Probe) -> (Vec<Op>, Dump) {
@@ -580,20 +501,7 @@ fn record(case: &Case, probe: &Probe) -> (Vec<Op>, Dump) {
 }
 
 fn dump_subject(s: &dyn Subject, vs: usize) -> Dump {
-    let mut out = Vec::new();
-    let mut key = None;
-    loop {
-        match s.get_next_key(key) {
-            Ok(id) => {
-                let mut v = vec![0u8; vs];
-                let r = s.lookup(id, &mut v).map(|()| v);
-                out.push((id, r));
-                key = Some(id);
-                assert!(out.len() <= 1 << 22, "get_next_key does not end");
-            }
-            Err(e) => return (out, e),
-        }
-    }
+    kernel::dump_by(vs, |k| s.get_next_key(k), |id, v| s.lookup(id, v))
 }
 
 /// Replays `ops` through `s`; returns the number of results compared, or
@@ -691,49 +599,6 @@ fn replay(case: &Case, ops: &[Op], kdump: &Dump, s: &dyn Subject) -> Result<usiz
     Ok(compared + kdump.0.len() + 1)
 }
 
-fn first_value_diff(k: &Dump, o: &Dump, frame: usize) -> String {
-    for ((kid, kv), (oid, ov)) in k.0.iter().zip(&o.0) {
-        if kid != oid || kv != ov {
-            return format!(
-                "\n  first difference at id {kid}/{oid}: kernel {}\n  ours {}",
-                show(kv),
-                show_value(ov, kv, frame)
-            );
-        }
-    }
-    String::new()
-}
-
-/// `ours` rendered, with where it first differs from `kernel`'s bytes.
-fn show_value(
-    ours: &Result<Vec<u8>, Errno>,
-    kernel: &Result<Vec<u8>, Errno>,
-    frame: usize,
-) -> String {
-    match (ours, kernel) {
-        (Ok(o), Ok(k)) => format!("{}{}", show(ours), where_differs(k, o, frame)),
-        _ => show(ours),
-    }
-}
-
-/// Where two buffers first differ: the byte offset, the frame, and that
-/// frame's bytes on both sides.
-fn where_differs(kernel: &[u8], ours: &[u8], frame: usize) -> String {
-    let Some(at) = kernel.iter().zip(ours).position(|(a, b)| a != b) else {
-        return String::new();
-    };
-    let f = at / frame;
-    let bytes = |b: &[u8]| {
-        b.get(f * frame..(f + 1) * frame)
-            .map(|x| format!("{x:02x?}"))
-    };
-    format!(
-        "\n  first difference at byte {at} (frame {f}): kernel {} ours {}",
-        bytes(kernel).unwrap_or_default(),
-        bytes(ours).unwrap_or_default()
-    )
-}
-
 fn describe(op: &Op) -> String {
     match op {
         Op::Call {
@@ -824,13 +689,6 @@ impl Tally {
             "kernel diff ({what}): {} seeded cases, {} results compared ({} get_stackid calls, {} through fake frames; kernel outcomes {o:?}), 0 mismatches",
             self.cases, self.compared, self.calls, self.fake
         )
-    }
-}
-
-fn seeds(base: u64, default: u64) -> Vec<u64> {
-    match env_seed() {
-        Some(s) => vec![s],
-        None => (0..env_cases(default)).map(|i| base + i).collect(),
     }
 }
 

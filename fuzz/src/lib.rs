@@ -5,6 +5,7 @@
 //! tests in `tests/fuzz_regressions.rs` include the same modules (by path)
 //! and replay minimized inputs, so a crash found here stays fixed there.
 
+pub mod depot;
 pub mod elf_note;
 pub mod ops;
 pub mod proc_maps;

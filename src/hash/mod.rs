@@ -3,12 +3,12 @@
 //! - [`jhash`]: the kernel's `jhash2` and the stack map's id hash
 //!   ([`trace_hash`]): ids must equal the kernel's, bit for bit, so this is
 //!   the only hash the kernel-exact map may use for an id.
-//! - `stack`: a keyed 64-bit stack hash built for instruction-level
-//!   parallelism (the depot's index hash, and the map's hit-cache key).
+//! - [`stack`]: the depot's keyed hash (`StackHasher`, `stack_hash`),
+//!   built for instruction-level parallelism: ids there are the depot's
+//!   own, so it need not be `jhash2`. Crate-internal; the map's hit cache
+//!   uses it as a pre-hash (a `StackHasher` with a fixed seed).
 
 mod jhash;
-mod stack;
+pub(crate) mod stack;
 
 pub use jhash::{jhash2, trace_hash};
-#[allow(unused_imports)] // the depot's entry point; the map keeps a StackHasher
-pub(crate) use stack::{stack_hash, StackHasher};

@@ -70,7 +70,6 @@ impl StackHasher {
 
     /// The hash of `frames`.
     #[inline]
-    #[allow(dead_code)] // the map's hit cache (issue 15) is its first user
     pub(crate) fn hash(&self, frames: &[u64]) -> u64 {
         self.hash_with(frames, 0)
     }
@@ -215,16 +214,18 @@ mod tests {
         let h = StackHasher::new(7);
         let n = if cfg!(miri) { 200 } else { 100_000 };
         let mut seen = HashSet::new();
-        let mut buckets = [0u32; 64];
+        // Miri runs few inputs: fewer buckets keep the check meaningful.
+        let nb = if cfg!(miri) { 4 } else { 64 };
+        let mut buckets = std::vec![0u32; nb];
         for i in 0..n as u64 {
             let frames = [0xffff_ffff_8100_0000, i, 0xffff_ffff_8100_0040];
             let v = h.hash(&frames);
             assert!(seen.insert(v), "collision at {i}");
-            buckets[(v & 63) as usize] += 1;
+            buckets[(v % nb as u64) as usize] += 1;
         }
-        let mean = n as f64 / 64.0;
+        let mean = n as f64 / nb as f64;
         for (b, &c) in buckets.iter().enumerate() {
-            let tol = if cfg!(miri) { 1.0 } else { 0.1 };
+            let tol = if cfg!(miri) { 0.5 } else { 0.1 };
             assert!(
                 (c as f64 - mean).abs() < tol * mean,
                 "bucket {b}: {c} vs {mean}"

@@ -81,7 +81,7 @@
 //! nothing, and a hit stores nothing shared.
 
 use super::StackMapIn;
-use crate::hash::StackHasher;
+use crate::hash::stack::StackHasher;
 use crate::sync::{fence, AtomicU32, Ordering};
 
 /// The pre-hash. The seed is fixed: a crafted set of stacks that share an

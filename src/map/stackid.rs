@@ -64,9 +64,14 @@ impl StackMapIn<'_> {
     /// `PERF_CONTEXT_*` marker words as perf delivers them. The kernel
     /// stack is the chain up to the first `PERF_CONTEXT_USER`; with
     /// `BPF_F_USER_STACK` the skip grows by that length (`Fault` past 255).
-    /// Each part is cut to `min(value_size / elem + skip, max_stack)` words
-    /// with that part's skip, as Linux 6.19 does (older kernels could copy
-    /// past the value here).
+    /// As the kernel's depth fix (read off Linux 6.18.44; older kernels
+    /// could copy past the value here): `Fault` when the part is not longer
+    /// than the skip, else the stack is the part's next `min(len - skip,
+    /// depth - skip)` words, `depth = min(value_size / elem + skip,
+    /// max_stack)` and the difference taken modulo 2^32. So on a perf
+    /// chain longer than `max_stack` (its markers come on top of
+    /// `max_stack` ips), a skip of `max_stack` gives the empty stack and a
+    /// larger one the words past it.
     pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
     }
@@ -121,16 +126,26 @@ impl StackMapIn<'_> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
-        // Linux 6.19 cuts each part to the walk's depth (computed with the
-        // grown skip for user stacks), which also keeps it within the value.
         let nr_kernel = count_kernel_ips(callchain);
-        if flags & BPF_F_USER_STACK == 0 {
-            let kernel = callchain.get(..nr_kernel).unwrap_or(callchain);
-            self.stackid_walk(cpu, kernel, flags, resolver)
+        let (part, flags) = if flags & BPF_F_USER_STACK == 0 {
+            (callchain.get(..nr_kernel).unwrap_or(callchain), flags)
         } else {
-            let flags = pe_user_skip(flags, nr_kernel)?;
-            self.stackid_walk(cpu, callchain, flags, resolver)
+            (callchain, pe_user_skip(flags, nr_kernel)?)
+        };
+        // The kernel's `__bpf_get_stackid(map, trace, flags, max_depth)`:
+        // `trace_nr = min(nr - skip, max_depth - skip)` in u32, after the
+        // EFAULT check on the whole part. At most `value_frames` words.
+        let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
+        let nr = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        if nr <= skip {
+            return Err(Error::Fault);
         }
+        let n = (nr - skip).min(self.geo.max_depth(skip).wrapping_sub(skip));
+        let ips = part
+            .get(skip as usize..)
+            .and_then(|rest| rest.get(..n as usize))
+            .unwrap_or(&[]);
+        self.stackid_ips(cpu, ips, flags, resolver)
     }
 
     /// `__bpf_get_stackid` on a trace already cut to the walk's depth.
@@ -147,6 +162,18 @@ impl StackMapIn<'_> {
         }
         // At most `value_frames`: the trace was cut to `value_frames + skip`.
         let ips = trace.get(skip..).unwrap_or(&[]);
+        self.stackid_ips(cpu, ips, flags, resolver)
+    }
+
+    /// `__bpf_get_stackid` from the hash on: `ips` (at most `value_frames`,
+    /// possibly none) is the stack.
+    fn stackid_ips<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<u32, Error> {
         if self.geo.build_id() {
             return self.stackid_build_id(cpu, ips, flags, resolver);
         }
@@ -156,14 +183,14 @@ impl StackMapIn<'_> {
             (key, Probe::Hash(hash)) => (key, hash),
             (key, Probe::Miss) => (key, trace_hash(ips)),
         };
-        let (id, slot) = self.stackid_ips(cpu, ips, hash, flags)?;
+        let (id, slot) = self.stackid_hashed(cpu, ips, hash, flags)?;
         self.refresh(key, slot);
         Ok(id)
     }
 
     /// `__bpf_get_stackid` for an ips map, from the trace's hash: the id
     /// and the slot that holds the stack in its bucket.
-    fn stackid_ips(
+    fn stackid_hashed(
         &self,
         cpu: usize,
         ips: &[u64],

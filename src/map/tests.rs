@@ -286,6 +286,50 @@ fn pe_variants() {
     assert_eq!(m.get_stackid_pe(0, &chain, 1 << 20), Err(Error::Inval));
 }
 
+/// A perf chain holds up to `max_stack` ips plus its context markers, so
+/// it can be longer than `max_stack`. The kernel's `_pe` depth fix checks
+/// EFAULT on the whole part and then takes `min(nr - skip, max_depth -
+/// skip)` words in u32: a skip of `max_depth` stores the empty stack, a
+/// larger one the words past `max_depth`. Read off Linux 6.18.44 by
+/// `tests/kernel_diff_pe.rs` (ids 0xdeadbeef & mask, the hash of no
+/// words); the map used to cut the part first and say EFAULT.
+#[test]
+fn pe_skip_at_max_stack() {
+    let cfg = Config {
+        nr_cpus: 1,
+        max_stack: 4,
+    };
+    let m = StackMap::with_config(&attr(16, 32, 0), cfg).unwrap();
+    let u = BPF_F_USER_STACK;
+    // User-mode sample: the marker and max_stack ips, 5 words.
+    let user = [PERF_CONTEXT_USER, 1, 2, 3, 4];
+    assert_eq!(
+        m.get_stackid_pe(0, &user, u | 3),
+        Ok(crate::trace_hash(&[3]) & 15)
+    );
+    let empty = 0xdead_beef & 15;
+    assert_eq!(crate::trace_hash(&[]), 0xdead_beef);
+    assert_eq!(m.get_stackid_pe(0, &user, u | 4), Ok(empty));
+    assert_eq!(lookup_u64(&m, empty), Ok([0; 4]));
+    assert_eq!(m.get_stackid_pe(0, &user, u | 5), Err(Error::Fault));
+    // Kernel and user parts: 2 markers + 4 ips. The user skip grows by 2.
+    let both = [PERF_CONTEXT_KERNEL, 9, PERF_CONTEXT_USER, 1, 2, 3];
+    let last = crate::trace_hash(&[3]) & 15;
+    assert_eq!(m.get_stackid_pe(0, &both, u | 2), Ok(empty));
+    assert_eq!(m.get_stackid_pe(0, &both, u | 3), Ok(last));
+    assert_eq!(lookup_u64(&m, last), Ok([3, 0, 0, 0]));
+    assert_eq!(m.get_stackid_pe(0, &both, u | 4), Err(Error::Fault));
+    // Below max_depth nothing changes: the part cut to max_depth words.
+    assert_eq!(
+        m.get_stackid_pe(0, &both, u),
+        Ok(crate::trace_hash(&[PERF_CONTEXT_USER, 1]) & 15)
+    );
+    // The kernel part alone (no PERF_CONTEXT_USER): the same rule.
+    let kernel = [PERF_CONTEXT_KERNEL, 9, 8, 7, 6];
+    assert_eq!(m.get_stackid_pe(0, &kernel, 4), Ok(empty));
+    assert_eq!(m.get_stackid_pe(0, &kernel, 5), Err(Error::Fault));
+}
+
 #[test]
 fn caller_memory() {
     let a = attr(16, 64, 0);

@@ -13,6 +13,8 @@
 #![allow(dead_code)]
 
 pub mod ours;
+pub mod perf;
+pub mod report;
 
 use std::ffi::CString;
 use std::io;
@@ -25,7 +27,7 @@ const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_MAP_DELETE_ELEM: i32 = 3;
 const BPF_MAP_GET_NEXT_KEY: i32 = 4;
-const BPF_PROG_LOAD: i32 = 5;
+pub const BPF_PROG_LOAD: i32 = 5;
 const BPF_RAW_TRACEPOINT_OPEN: i32 = 17;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: i32 = 21;
 
@@ -34,12 +36,14 @@ pub const MAP_TYPE_ARRAY: u32 = 2;
 /// `BPF_MAP_TYPE_STACK_TRACE`.
 pub const MAP_TYPE_STACK_TRACE: u32 = 7;
 const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+/// `BPF_PROG_TYPE_PERF_EVENT`.
+pub const PROG_TYPE_PERF_EVENT: u32 = 7;
 
 // Helper ids.
-const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+pub const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const FUNC_GET_CURRENT_PID_TGID: i32 = 14;
-const FUNC_GET_STACKID: i32 = 27;
-const FUNC_GET_STACK: i32 = 67;
+pub const FUNC_GET_STACKID: i32 = 27;
+pub const FUNC_GET_STACK: i32 = 67;
 
 /// Frames `bpf_get_stack` is asked for: the default `perf_event_max_stack`.
 pub const CHAIN_MAX: usize = 127;
@@ -67,7 +71,8 @@ pub type Errno = i32;
 /// the errno that ended the walk (ENOENT at the end; EPERM on WRONLY).
 pub type Dump = (Vec<(u32, Result<Vec<u8>, Errno>)>, Errno);
 
-fn bpf(cmd: i32, attr: &mut [u64]) -> Result<i64, Errno> {
+/// `bpf(cmd, attr, sizeof attr)`: the result, or the errno.
+pub fn bpf(cmd: i32, attr: &mut [u64]) -> Result<i64, Errno> {
     // SAFETY: `attr` is a live, writable buffer of the size passed; the
     // kernel reads (and for some commands writes) at most that many bytes.
     let r = unsafe {
@@ -85,11 +90,13 @@ fn bpf(cmd: i32, attr: &mut [u64]) -> Result<i64, Errno> {
     }
 }
 
-fn pair(lo: u32, hi: u32) -> u64 {
+/// Two u32 fields of a `union bpf_attr` packed in one u64 word.
+pub fn pair(lo: u32, hi: u32) -> u64 {
     u64::from(lo) | (u64::from(hi) << 32)
 }
 
-fn fd_from(r: i64) -> OwnedFd {
+/// The fd a successful object-creating `bpf()` call returned.
+pub fn fd_from(r: i64) -> OwnedFd {
     // SAFETY: a successful bpf() call that creates an object returns a new
     // file descriptor that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(r as i32) }
@@ -195,20 +202,11 @@ impl Map {
     /// Every `(id, value)` in `get_next_key` order, and the errno that
     /// ended the walk (ENOENT at the end; EPERM on a write-only map).
     pub fn dump(&self) -> Dump {
-        let mut out = Vec::new();
-        let mut key = None;
-        loop {
-            match self.get_next_key(key) {
-                Ok(id) => {
-                    let mut v = vec![0u8; self.attr.value_size as usize];
-                    let r = self.lookup(id, &mut v).map(|()| v);
-                    out.push((id, r));
-                    key = Some(id);
-                    assert!(out.len() <= 1 << 22, "get_next_key does not end");
-                }
-                Err(e) => return (out, e),
-            }
-        }
+        dump_by(
+            self.attr.value_size as usize,
+            |k| self.get_next_key(k),
+            |id, v| self.lookup(id, v),
+        )
     }
 
     /// The `memlock:` line of `/proc/self/fdinfo/FD` (the map's mem usage).
@@ -218,6 +216,29 @@ impl Map {
         s.lines()
             .find_map(|l| l.strip_prefix("memlock:"))
             .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// A map's [`Dump`] through its `get_next_key` and `lookup` (values of
+/// `value_size` bytes).
+pub fn dump_by(
+    value_size: usize,
+    mut next_key: impl FnMut(Option<u32>) -> Result<u32, Errno>,
+    mut lookup: impl FnMut(u32, &mut [u8]) -> Result<(), Errno>,
+) -> Dump {
+    let mut out = Vec::new();
+    let mut key = None;
+    loop {
+        match next_key(key) {
+            Ok(id) => {
+                let mut v = vec![0u8; value_size];
+                let r = lookup(id, &mut v).map(|()| v);
+                out.push((id, r));
+                key = Some(id);
+                assert!(out.len() <= 1 << 22, "get_next_key does not end");
+            }
+            Err(e) => return (out, e),
+        }
     }
 }
 
@@ -254,29 +275,29 @@ pub fn unavailable() -> Option<String> {
 
 // --- the BPF program -------------------------------------------------------
 
-const BPF_LD: u8 = 0x00;
-const BPF_LDX: u8 = 0x01;
-const BPF_ST: u8 = 0x02;
-const BPF_STX: u8 = 0x03;
-const BPF_JMP: u8 = 0x05;
-const BPF_ALU64: u8 = 0x07;
-const BPF_W: u8 = 0x00;
-const BPF_DW: u8 = 0x18;
-const BPF_IMM: u8 = 0x00;
-const BPF_MEM: u8 = 0x60;
-const BPF_K: u8 = 0x00;
-const BPF_X: u8 = 0x08;
-const BPF_ADD: u8 = 0x00;
-const BPF_MOV: u8 = 0xb0;
-const BPF_JEQ: u8 = 0x10;
-const BPF_JNE: u8 = 0x50;
-const BPF_JGT: u8 = 0x20;
-const BPF_CALL: u8 = 0x80;
-const BPF_EXIT: u8 = 0x90;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
+pub const BPF_LD: u8 = 0x00;
+pub const BPF_LDX: u8 = 0x01;
+pub const BPF_ST: u8 = 0x02;
+pub const BPF_STX: u8 = 0x03;
+pub const BPF_JMP: u8 = 0x05;
+pub const BPF_ALU64: u8 = 0x07;
+pub const BPF_W: u8 = 0x00;
+pub const BPF_DW: u8 = 0x18;
+pub const BPF_IMM: u8 = 0x00;
+pub const BPF_MEM: u8 = 0x60;
+pub const BPF_K: u8 = 0x00;
+pub const BPF_X: u8 = 0x08;
+pub const BPF_ADD: u8 = 0x00;
+pub const BPF_MOV: u8 = 0xb0;
+pub const BPF_JEQ: u8 = 0x10;
+pub const BPF_JNE: u8 = 0x50;
+pub const BPF_JGT: u8 = 0x20;
+pub const BPF_CALL: u8 = 0x80;
+pub const BPF_EXIT: u8 = 0x90;
+pub const BPF_PSEUDO_MAP_FD: u8 = 1;
 
 /// One `struct bpf_insn`, little-endian packed into a u64.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     u64::from(code)
         | (u64::from(dst & 0xf) << 8)
         | (u64::from(src & 0xf) << 12)
@@ -284,7 +305,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
         | (u64::from(imm as u32) << 32)
 }
 
-fn ld_imm64(dst: u8, src: u8, imm: u64) -> [u64; 2] {
+pub fn ld_imm64(dst: u8, src: u8, imm: u64) -> [u64; 2] {
     [
         insn(BPF_LD | BPF_DW | BPF_IMM, dst, src, 0, imm as u32 as i32),
         insn(0, 0, 0, 0, (imm >> 32) as u32 as i32),
@@ -407,6 +428,24 @@ fn program(slot_fd: i32, stack_fd: i32, pid_tgid: u64) -> Vec<u64> {
     p
 }
 
+/// `BPF_PROG_LOAD` of a GPL program of `prog_type`; on failure the errno
+/// and the verifier's log.
+pub fn load_program(prog_type: u32, insns: &[u64]) -> Result<OwnedFd, (Errno, String)> {
+    let license = CString::new("GPL").unwrap();
+    let mut log = vec![0u8; 1 << 20];
+    // prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
+    let mut attr = [0u64; 8];
+    attr[0] = pair(prog_type, insns.len() as u32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = pair(1, log.len() as u32);
+    attr[4] = log.as_mut_ptr() as u64;
+    bpf(BPF_PROG_LOAD, &mut attr).map(fd_from).map_err(|e| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        (e, String::from_utf8_lossy(&log[..end]).into_owned())
+    })
+}
+
 /// What one trigger recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capture {
@@ -453,26 +492,12 @@ impl Probe {
         .expect("array map for the probe's slot");
         let pid_tgid = current_pid_tgid();
         let insns = program(slot.fd.as_raw_fd(), stack.fd.as_raw_fd(), pid_tgid);
-        let license = CString::new("GPL").unwrap();
-        let mut log = vec![0u8; 1 << 16];
-        // prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
-        let mut attr = [0u64; 8];
-        attr[0] = pair(PROG_TYPE_RAW_TRACEPOINT, insns.len() as u32);
-        attr[1] = insns.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        attr[3] = pair(1, log.len() as u32);
-        attr[4] = log.as_mut_ptr() as u64;
-        let prog = match bpf(BPF_PROG_LOAD, &mut attr) {
-            Ok(fd) => fd_from(fd),
-            Err(e) => {
-                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                panic!(
-                    "BPF_PROG_LOAD: {}\nverifier log:\n{}",
-                    io::Error::from_raw_os_error(e),
-                    String::from_utf8_lossy(&log[..end])
-                );
-            }
-        };
+        let prog = load_program(PROG_TYPE_RAW_TRACEPOINT, &insns).unwrap_or_else(|(e, log)| {
+            panic!(
+                "BPF_PROG_LOAD: {}\nverifier log:\n{log}",
+                io::Error::from_raw_os_error(e)
+            )
+        });
         let name = CString::new("sys_enter").unwrap();
         let mut attr = [name.as_ptr() as u64, pair(prog.as_raw_fd() as u32, 0), 0];
         let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
@@ -554,20 +579,27 @@ static SINK: AtomicUsize = AtomicUsize::new(0);
 /// gap below a mapping, in the kernel's half, ... (see there).
 #[inline(never)]
 pub fn call_path(path: &[u8]) {
-    step(std::hint::black_box(path));
+    step(std::hint::black_box(path), trigger);
+}
+
+/// [`call_path`], calling `leaf` at the end of the path instead of the
+/// marker syscall.
+#[inline(never)]
+pub fn call_path_to(path: &[u8], leaf: fn()) {
+    step(std::hint::black_box(path), leaf);
 }
 
 #[inline(never)]
-fn step(path: &[u8]) {
+fn step(path: &[u8], leaf: fn()) {
     match path.split_first() {
-        None => trigger(),
+        None => leaf(),
         Some((c, rest)) => match c {
-            0 => fa(rest),
-            1 => fb(rest),
-            2 => fc(rest),
-            3 => via_stub(stubs().anon, rest),
-            4 => via_stub(stubs().file, rest),
-            _ => via_fake_frame(stubs(), usize::from(c - 5), rest),
+            0 => fa(rest, leaf),
+            1 => fb(rest, leaf),
+            2 => fc(rest, leaf),
+            3 => via_stub(stubs().anon, rest, leaf),
+            4 => via_stub(stubs().file, rest, leaf),
+            _ => via_fake_frame(stubs(), usize::from(c - 5), rest, leaf),
         },
     }
 }
@@ -601,8 +633,8 @@ const FAKE_FRAME_AT: usize = 64;
 type StubFn = unsafe extern "C" fn(extern "C" fn(*const Rest), *const Rest);
 type FakeFn = unsafe extern "C" fn(extern "C" fn(*const Rest), *const Rest, u64);
 
-/// The rest of a path, passed through a stub.
-struct Rest<'a>(&'a [u8]);
+/// The rest of a path and its leaf, passed through a stub.
+struct Rest<'a>(&'a [u8], fn());
 
 /// The stubs' entry points (0 where there is no stub: other arches).
 struct Stubs {
@@ -746,15 +778,16 @@ fn map_stub(_file: Option<()>) -> usize {
 extern "C" fn stub_target(rest: *const Rest) {
     // SAFETY: `rest` points to the `Rest` on the frame of `via_stub` or
     // `via_fake_frame`, which outlives this call.
-    step(unsafe { (*rest).0 });
+    let (path, leaf) = unsafe { ((*rest).0, (*rest).1) };
+    step(path, leaf);
 }
 
 #[inline(never)]
-fn via_fake_frame(stubs: &Stubs, k: usize, rest: &[u8]) {
+fn via_fake_frame(stubs: &Stubs, k: usize, rest: &[u8], leaf: fn()) {
     let (Some(&ip), true) = (stubs.fake_ips.get(k), stubs.anon != 0) else {
-        return fb(rest);
+        return fb(rest, leaf);
     };
-    let r = Rest(rest);
+    let r = Rest(rest, leaf);
     // SAFETY: `anon + FAKE_FRAME_AT` is the entry of FAKE_FRAME_CODE, mapped
     // executable; it follows the C calling convention, restores rbp and
     // rsp, and calls `stub_target(&r)` once.
@@ -766,11 +799,11 @@ fn via_fake_frame(stubs: &Stubs, k: usize, rest: &[u8]) {
 }
 
 #[inline(never)]
-fn via_stub(stub: usize, rest: &[u8]) {
+fn via_stub(stub: usize, rest: &[u8], leaf: fn()) {
     if stub == 0 {
-        return fa(rest);
+        return fa(rest, leaf);
     }
-    let r = Rest(rest);
+    let r = Rest(rest, leaf);
     // SAFETY: `stub` is the entry of STUB_CODE, mapped executable, which
     // follows the C calling convention and calls `target(&r)` once.
     unsafe {
@@ -781,20 +814,20 @@ fn via_stub(stub: usize, rest: &[u8]) {
 }
 
 #[inline(never)]
-fn fa(path: &[u8]) {
-    step(path);
+fn fa(path: &[u8], leaf: fn()) {
+    step(path, leaf);
     SINK.fetch_add(1, Ordering::Relaxed);
 }
 
 #[inline(never)]
-fn fb(path: &[u8]) {
-    step(path);
+fn fb(path: &[u8], leaf: fn()) {
+    step(path, leaf);
     SINK.fetch_add(2, Ordering::Relaxed);
 }
 
 #[inline(never)]
-fn fc(path: &[u8]) {
-    step(path);
+fn fc(path: &[u8], leaf: fn()) {
+    step(path, leaf);
     SINK.fetch_add(3, Ordering::Relaxed);
 }
 
