@@ -3,15 +3,16 @@
 //!
 //! # Algorithm
 //!
-//! Each CPU owns one Treiber stack. A stack is a single atomic *head word*
-//! (one per CPU, each on its own cache line) holding `{tag, index}` of the
-//! top element; each element has a next-link (`links[i]` = the index below
-//! `i`, or `EMPTY`). Where the links live is the [`Links`] trait's business:
-//! a side array of [`AtomicU32`] (the tests, `OwnedFreeList`), or a word
-//! inside each map element (the map: no side array, as in the kernel, where
-//! `fnode` is the element's first field). No pointers are stored anywhere,
-//! so the list can sit in caller-provided memory, be shared between address
-//! spaces, and never allocates.
+//! Each CPU owns a Treiber stack (three, in an aging view: see
+//! [Generations](#generations-the-maps-view)). A stack is a single atomic
+//! *head word* (a CPU's heads share a cache line of their own) holding
+//! `{tag, index}` of the top element; each element has a next-link
+//! (`links[i]` = the index below `i`, or `EMPTY`). Where the links live is
+//! the [`Links`] trait's business: a side array of [`AtomicU32`] (the tests,
+//! `OwnedFreeList`), or a word inside each map element (the map: no side
+//! array, as in the kernel, where `fnode` is the element's first field).
+//! No pointers are stored anywhere, so the list can sit in caller-provided
+//! memory, be shared between address spaces, and never allocates.
 //!
 //! - `push(cpu, i)`: read the head of `cpu % nr_cpus`, write
 //!   `links[i] = head.index`, CAS the head from `{tag, index}` to
@@ -20,23 +21,27 @@
 //!   starting at `cpu + 1` (the kernel's `for_each_cpu_wrap`): read the
 //!   head `{tag, i}`; if `i` is `EMPTY` move on to the next CPU, else read
 //!   `next = links[i]` and CAS the head to `{tag + 1, next}`; on success `i`
-//!   is the caller's, on failure retry with the value the CAS saw.
+//!   is the caller's, on failure retry with the value the CAS saw. On
+//!   ARMv7-M, ARMv7E-M and ARMv8-M Mainline the read of the head is a
+//!   load-exclusive and the CAS a store-exclusive (see [ABA](#aba-the-exact-bound)).
 //! - `populate()`: spreads `0..n` over the CPUs exactly like the kernel's
 //!   `pcpu_freelist_populate`: `n / nr_cpus` each, the first
 //!   `n % nr_cpus` CPUs one more, CPU 0 getting the lowest indices, each
 //!   range pushed in increasing order (so the highest index of the range is
-//!   on top and is popped first, as in the kernel).
+//!   on top and is popped first, as in the kernel). [`FreeList::home`] is
+//!   the CPU a given index was put on.
 //!
 //! # Generations (the map's view)
 //!
-//! Each CPU has three such stacks, and a `young` word saying which of them
+//! Each CPU has three stacks, and a `young` word saying which of them
 //! pushes go to. A plain view ([`FreeList::new`]) pushes to and pops from
-//! stack 0 (stacks 1 and 2 stay empty): one Treiber stack per CPU, as
-//! above. An *aging* view ([`FreeList::new_aging`], the map's) treats the
-//! three as generations: pushes go to the young one, pops take from the
-//! oldest, then the middle, then the young one; a pop that finds the
-//! oldest empty makes it the young one (one CAS on `young`; losing it is
-//! fine), so the middle generation becomes the oldest.
+//! stack 0, then pops stacks 1 and 2 (which only `populate` and aging views
+//! fill): one Treiber stack per CPU, as above. An *aging* view
+//! ([`FreeList::new_aging`], the map's) treats the three as generations:
+//! pushes go to the young one, pops take from the oldest, then the middle,
+//! then the young one; a pop that finds the oldest empty makes it the
+//! young one (one CAS on `young`; losing it is fine), so the middle
+//! generation becomes the oldest.
 //!
 //! An index freed now is handed out again only after the older free
 //! indices: at least about half the CPU's free list is taken before it
@@ -45,8 +50,8 @@
 //! the freelist for a while, which lets the hit cache recover that stack's
 //! hash when it comes back (`map/cache.rs`). Which stack an operation
 //! picks never matters for correctness: each is a Treiber stack on its
-//! own, and `young` only steers (any value is safe, so it is read and
-//! moved Relaxed).
+//! own with everything below (tag, ABA bound, orderings), and `young` only
+//! steers (any value is safe, so it is read and moved Relaxed).
 //!
 //! The kernel falls back to an extra, locked list when an NMI cannot take a
 //! CPU's lock; a lock-free stack never needs one, so there is none.
@@ -56,14 +61,15 @@
 //! - Conservation: every index in `0..capacity` is in exactly one place at
 //!   any time: on exactly one stack (reachable from its head through
 //!   `links`), or in the hands of exactly one caller (returned by `pop`, or
-//!   never pushed since `new`/`populate`, and not pushed back yet).
+//!   never pushed since `new`/`populate`, and not pushed back yet), within
+//!   the ABA bound below.
 //! - No index is returned by two pops without a push of it between them.
 //! - A stack's links form a chain that ends in `EMPTY`: an element's link is
 //!   written only by the thread that holds it (in `push`, before the CAS that
 //!   publishes it), never while it is on a stack.
-//! - The tag of a head only moves forward (mod 2^tag bits), by one on each
-//!   successful pop; see the ABA walk-through on `FreeList::pop_one` in
-//!   the source.
+//! - The tag of a head only moves forward (mod 2^T, T the tag bits), by one
+//!   on each successful pop; see the ABA walk-through on
+//!   `FreeList::pop_one` in the source.
 //!
 //! They hold as long as callers keep their side of the contract: push only
 //! indices they hold (got from `pop`, or never handed to the list). Pushing
@@ -82,39 +88,80 @@
 //! lock to hold, and no intermediate state another thread must wait out. A
 //! single thread can starve under unbounded contention on one head. On LL/SC
 //! targets (thumbv7em) the strong CAS is itself a short loop that retries a
-//! lost reservation, which again happens only when another core or handler
-//! wrote the word. `pop` from an interrupt handler that preempted a `push` or
-//! `pop` on the same CPU is fine (the NMI case the kernel needs trylock for).
+//! lost reservation, and so is the exclusive pop: a reservation is lost
+//! only when an exception was taken on this core (whose handler may have
+//! made progress) or another observer wrote the head. `pop` from an
+//! interrupt handler that preempted a `push` or `pop` on the same CPU is
+//! fine (the NMI case the kernel needs trylock for).
 //!
-//! `pop` returns `None` only after it saw every CPU's stack empty, each at
-//! some moment during the call (not all at the same moment, as in the
-//! kernel): an index pushed to an already-visited CPU while `pop` looks at
-//! the others is missed.
+//! `pop` returns `None` only after it saw every stack of every CPU empty,
+//! each at some moment during the call (not all at the same moment, as in
+//! the kernel): an index pushed to an already-visited stack while `pop`
+//! looks at the others is missed.
 //!
-//! # Tag wrap
+//! # Head word
 //!
-//! The tag defeats ABA as long as it does not wrap inside one pop's window
-//! (between its load of a head and its CAS on it). Only pops bump the tag,
-//! so a stale CAS can succeed wrongly only if, during that window, the same
-//! head saw exactly a multiple of 2^tag-bits successful pops *and* ended with
-//! the same index on top with a different next link. That is 2^32 (about
-//! 4.3 billion) pops of one CPU's stack during a single pop's few
-//! instructions on targets with 64-bit atomics, and 2^16 (65,536) pops on
-//! targets without them (thumbv7em): plainly, the 16-bit tag makes the ABA
-//! defence probabilistic there, requiring a pop to be stalled (e.g. by an
-//! interrupt storm on another core) across 65,536 pops of the same stack.
+//! A head is one atomic word of `W` bits: an [`AtomicU64`](core::sync::atomic::AtomicU64)
+//! (W = 64) where the target has 64-bit atomics, an [`AtomicU32`] (W = 32)
+//! elsewhere (thumbv7em-none-eabihf and other 32-bit-CAS targets) or with
+//! `RUSTFLAGS="--cfg kstackmap_head32"` (so the narrow head's tests and loom
+//! models also run on 64-bit hosts). The index field takes the low
+//! `I = max(1, bit length of capacity)` bits, the fewest that hold every
+//! index `0..capacity` and the all-ones `EMPTY`; **every other bit is tag**:
+//! `T = W - I`. A list holds at most [`MAX_ELEMS`] elements (2^32 - 2 with
+//! W = 64, 65,534 with W = 32; larger lists are refused with
+//! [`Error::TooBig`](crate::Error::TooBig) from `OwnedFreeList::new`
+//! (feature `alloc`)), so `I <= W / 2` and `T >= W / 2`.
 //!
-//! # Targets
+//! | capacity | I | T (W = 64) | T (W = 32) |
+//! |---|---|---|---|
+//! | 24 | 5 | 59 | 27 |
+//! | 16,384 | 15 | 49 | 17 |
+//! | 65,534 | 16 | 48 | 16 |
+//! | 2^32 - 2 | 32 | 32 | (refused) |
 //!
-//! Where `target_has_atomic = "64"` a head is an `AtomicU64`: index in the
-//! low 32 bits, tag in the high 32; a list holds up to 2^32 - 2 elements
-//! ([`MAX_ELEMS`]). Elsewhere (thumbv7em-none-eabihf and other 32-bit-CAS
-//! targets) a head is an `AtomicU32`: index in the low 16 bits, tag in the
-//! high 16, so a list holds at most 65,534 elements there and larger lists
-//! are refused ([`Error::TooBig`](crate::Error::TooBig) from
-//! `OwnedFreeList::new` (feature `alloc`)). The all-ones index value is `EMPTY` in both.
-//! `RUSTFLAGS="--cfg kstackmap_head32"` selects the narrow head on any
-//! target, so its tests (and loom models) also run on 64-bit hosts.
+//! # ABA: the exact bound
+//!
+//! A pop reads the head `{t, A}` and A's link `B`, then swaps in
+//! `{t + 1, B}`. Between the read and the swap (its *window*) other
+//! operations on the same shard may pop A and B and push A back on top of
+//! something else; the swap must then fail, or B (which someone holds)
+//! goes back on the list and one slot ends up in two places.
+//!
+//! - **CAS targets** (every target with 64-bit atomics, W = 64; and the
+//!   32-bit head wherever there is no exclusive pop below, e.g. hosts with
+//!   `--cfg kstackmap_head32`, W = 32). The swap is a CAS of the whole
+//!   word, so a stale one succeeds only if the word is bit for bit what the
+//!   pop read. Only successful pops change the tag (+1 mod 2^T), and pushes
+//!   alone can't bring A back on top (that needs a pop of A), so **a pop
+//!   can be fooled only if at least 2^T successful pops of the same shard
+//!   run inside its window** (the shortest such history is pop A, pop B,
+//!   push A, then 2^T - 2 times pop A, push A: 2^T pops and 2^T - 1
+//!   pushes). Fewer pops never fool it, whatever else happens; with
+//!   exactly 2^T it can. So: W = 64: 2^T >= 2^32 pops (2^59 for a
+//!   24-entry map); W = 32 without LL/SC (`--cfg kstackmap_head32` hosts):
+//!   2^T >= 2^16 pops (65,536 for a 65,534-entry map, 2^27 for 24
+//!   entries). The bound is the tag width, and nothing else: the unit test
+//!   `aba_bound_is_exact` runs the shortest history with 2^T - 1 pops
+//!   (holds) and 2^T pops (fooled), for both word widths.
+//! - **ARMv7-M, ARMv7E-M, ARMv8-M Mainline** (thumbv7m, thumbv7em,
+//!   thumbv8m.main; W = 32): **no number of operations can fool a pop.**
+//!   The pop is LDREX of the head, the load of the link, STREX of the head,
+//!   in one `asm!` block with no store in between. On one core, other
+//!   operations can run inside that window only from an exception handler,
+//!   and exception entry and exception return clear the local exclusive
+//!   monitor (ARMv7-M ARM, "Context switch support"), so the STREX fails
+//!   and the pop starts over from a fresh LDREX. Another core (or DMA
+//!   master) writing the head clears the reservation through the global
+//!   monitor, on memory that the system marks Shareable and monitors (the
+//!   precondition for any atomic read-modify-write there). A pop
+//!   interrupted before its LDREX has read nothing yet. The tag is kept
+//!   (pushes and the packing are the same as elsewhere) but not relied on.
+//!
+//! Before this layout the 32-bit head had a fixed 16-bit tag: 65,536 pops
+//! in one window (an interrupt storm on the same CPU) fooled any pop, and
+//! `tests/aba.rs` reproduces that (conservation broken, a lookup returning
+//! a stack of another bucket) on the old code.
 //!
 //! # Memory ordering for users
 //!
@@ -125,6 +172,16 @@
 //! visible to every thread the list is shared with afterwards (sharing it
 //! needs its own happens-before edge: spawning a thread, a Release store of
 //! the map pointer, ...).
+//!
+//! # Test hook
+//!
+//! With the `test-hooks` feature (and in this crate's unit tests) a pop can
+//! be stopped inside its window: [`FreeList::arm_pop_hook`] makes the next
+//! pop of one shard call a function after it read the head and the link
+//! and before it swaps (on LL/SC targets the hook build splits the
+//! exclusive pop into three parts around the call, which is only fit for
+//! emulation: see `pop_one`). Without the feature there is no hook and no
+//! cost.
 //!
 //! The module is crate-private; with `--cfg loom` it is public so that the
 //! models in `loom-tests/` can drive it directly. Some helpers exist only
@@ -175,66 +232,128 @@ fn next_young(young: u32) -> u32 {
 
 /// One stack head: `{tag, index}` packed in one atomic word.
 ///
-/// Bit layout of the word (`B` = 32 where the target has 64-bit atomics,
-/// 16 elsewhere):
+/// Bit layout of the word (`W` = 64 where the target has 64-bit atomics,
+/// 32 elsewhere; `I` = the list's index bits, see [`Packing`]):
 ///
 /// ```text
-///  2B-1          B   B-1           0
-/// +-----------------+---------------+
-/// |       tag       |     index     |
-/// +-----------------+---------------+
+///  W-1          I   I-1           0
+/// +----------------+---------------+
+/// |       tag      |     index     |
+/// +----------------+---------------+
 /// ```
 ///
 /// `index` is the top element, or all ones (`EMPTY`) for an empty stack;
-/// `tag` counts successful pops (mod 2^B) to defeat ABA.
+/// `tag` counts successful pops (mod 2^(W-I)) to defeat ABA.
 pub type StackHead = HeadAtomic;
 
 /// The largest number of elements a list can hold on this target:
-/// 2^32 - 2 with 64-bit atomics, 65,534 without (the index field must also
-/// encode `EMPTY`).
+/// 2^32 - 2 with 64-bit atomics, 65,534 without. The index field is then
+/// at most half the head word, so the tag is at least the other half.
 pub const MAX_ELEMS: u32 = HEAD_INDEX_MAX;
 
-/// Mask of the index field of a head word.
-const INDEX_MASK: HeadWord = ((1 as HeadWord) << HEAD_INDEX_BITS) - 1;
+/// The link value that ends a chain ("no element below"). A head whose
+/// index field is all ones is empty; `EMPTY` packs to exactly that.
+const EMPTY: u32 = u32::MAX;
 
-/// The index value that means "no element": the end of a chain, or an empty
-/// stack. All ones in the index field (`u32::MAX` or `0xffff`).
-#[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
-const EMPTY: u32 = INDEX_MASK as u32;
-
-static_assertions::const_assert_eq!(2 * HEAD_INDEX_BITS, HeadWord::BITS);
-static_assertions::const_assert!(MAX_ELEMS < EMPTY);
+static_assertions::const_assert!(2 * HEAD_INDEX_BITS == HeadWord::BITS);
+static_assertions::const_assert!(MAX_ELEMS < u32::MAX);
 static_assertions::const_assert!(HEAD_INDEX_BITS <= u32::BITS);
 static_assertions::assert_impl_all!(FreeList<'static>: Send, Sync, Copy);
 #[cfg(feature = "alloc")]
 static_assertions::assert_impl_all!(OwnedFreeList: Send, Sync);
 
-/// The index field of a head word.
-#[inline]
-#[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
-fn index_of(word: HeadWord) -> u32 {
-    (word & INDEX_MASK) as u32
+/// How a list splits its head words into `{tag, index}`: the index field
+/// is the low `index_bits` bits, sized by the list's capacity, and the tag
+/// is every bit above it.
+///
+/// # Invariants
+///
+/// `1 <= index_bits < HeadWord::BITS` and `mask` is `2^index_bits - 1`,
+/// at least the list's capacity (so every index is below the all-ones
+/// `mask`). Lists made by [`FreeList::new`] have `index_bits <=
+/// HEAD_INDEX_BITS`, so their tag has at least `HeadWord::BITS / 2` bits;
+/// only `FreeList::with_index_bits` (tests) goes wider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packing {
+    index_bits: u32,
+    mask: HeadWord,
 }
 
-/// The tag field of a head word, in the low bits of the result.
-#[inline]
-fn tag_of(word: HeadWord) -> HeadWord {
-    word >> HEAD_INDEX_BITS
+impl Packing {
+    /// The packing for a list of `capacity` elements: the fewest index
+    /// bits that hold `0..capacity` and the all-ones `EMPTY` (at least 1).
+    pub const fn for_capacity(capacity: u32) -> Self {
+        let bits = u32::BITS - capacity.leading_zeros();
+        Self::with_index_bits(if bits == 0 { 1 } else { bits })
+    }
+
+    /// A packing with `index_bits` bits of index, clamped to
+    /// `1..HeadWord::BITS` (wider than `HEAD_INDEX_BITS` only for tests
+    /// that narrow the tag on purpose).
+    const fn with_index_bits(index_bits: u32) -> Self {
+        let index_bits = if index_bits == 0 {
+            1
+        } else if index_bits >= HeadWord::BITS {
+            HeadWord::BITS - 1
+        } else {
+            index_bits
+        };
+        // INVARIANT: 1 <= index_bits < HeadWord::BITS.
+        Packing {
+            index_bits,
+            mask: ((1 as HeadWord) << index_bits) - 1,
+        }
+    }
+
+    /// Bits of the tag: `W - index_bits`.
+    pub const fn tag_bits(self) -> u32 {
+        HeadWord::BITS - self.index_bits
+    }
+
+    /// The index field of a head word (all ones, `mask`, when empty).
+    #[inline]
+    #[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
+    fn index_of(self, word: HeadWord) -> u32 {
+        // `mask` <= u32::MAX: index_bits <= 32.
+        (word & self.mask) as u32
+    }
+
+    /// Whether an index field value means "empty stack" (all ones).
+    #[inline]
+    #[allow(clippy::unnecessary_cast)] // a no-op only where HeadWord is u32
+    fn is_empty(self, index: u32) -> bool {
+        index == self.mask as u32
+    }
+
+    /// `word` with its index field replaced by `index` (all ones for
+    /// `EMPTY`), the tag kept.
+    #[inline]
+    fn with_index(self, word: HeadWord, index: u32) -> HeadWord {
+        (word & !self.mask) | (HeadWord::from(index) & self.mask)
+    }
+
+    /// `word` with its tag bumped by one (wrapping mod 2^tag_bits: the
+    /// carry leaves the word) and its index field replaced by `index`.
+    #[inline]
+    fn bumped(self, word: HeadWord, index: u32) -> HeadWord {
+        // (word | mask) + 1 = (tag + 1) << index_bits, wrapping.
+        (word | self.mask).wrapping_add(1) | (HeadWord::from(index) & self.mask)
+    }
+
+    /// The tag of a head word, in the low bits of the result.
+    #[cfg(test)]
+    fn tag_of(self, word: HeadWord) -> HeadWord {
+        word >> self.index_bits
+    }
 }
 
-/// Pack `{tag, index}`; tag bits beyond the field are dropped (the tag
-/// wraps mod 2^HEAD_INDEX_BITS by design).
-#[inline]
-fn pack(tag: HeadWord, index: u32) -> HeadWord {
-    (tag << HEAD_INDEX_BITS) | (HeadWord::from(index) & INDEX_MASK)
-}
-
-/// One CPU's empty heads (tag 0, index `EMPTY`; stack 2 young, so stack
-/// 0 is the oldest), for building the `heads` slice of a [`FreeList`] in
-/// memory the caller owns.
+/// One CPU's empty heads, for building the `heads` slice of a [`FreeList`]
+/// in memory the caller owns: all ones, which is an empty stack (index
+/// field all ones) for every [`Packing`]; stack 2 young, so stack 0 is the
+/// oldest.
 pub fn new_head() -> Head {
     CachePadded::new(CpuHeads {
-        stacks: core::array::from_fn(|_| HeadAtomic::new(pack(0, EMPTY))),
+        stacks: core::array::from_fn(|_| HeadAtomic::new(HeadWord::MAX)),
         young: AtomicU32::new(2),
     })
 }
@@ -263,6 +382,10 @@ pub trait Links: Copy {
     /// Sets the link of element `i`, which the caller holds. Ignored if
     /// `i >= len()`.
     fn store(&self, i: u32, next: u32);
+    /// For the exclusive pop's `asm!`: link `i < len()` is the `AtomicU32`
+    /// at byte address `base + i * stride`.
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    fn raw(&self) -> (*const u32, u32);
 }
 
 /// A side array: `links[i]` is element `i`'s link.
@@ -288,6 +411,10 @@ impl Links for &[AtomicU32] {
             l.store(next, Ordering::Relaxed);
         }
     }
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    fn raw(&self) -> (*const u32, u32) {
+        (self.as_ptr().cast::<u32>(), size_of::<AtomicU32>() as u32)
+    }
 }
 
 /// A per-CPU lock-free freelist of the indices `0..capacity()`, over
@@ -301,21 +428,25 @@ impl Links for &[AtomicU32] {
 /// # Invariants
 ///
 /// - `n <= links.len()` and `n <= MAX_ELEMS`, so every valid index is
-///   below `EMPTY` and has a link.
-/// - Every head's index field is `EMPTY` or an index below `n`, and so is
-///   every link reachable from a head (as long as every view over the same
-///   heads uses the same links, which `OwnedFreeList` and the map ensure).
+///   below `EMPTY` and has a link, and `pk` is the packing for `n` (or a
+///   test's wider index field), so every index is below `pk.mask`.
+/// - Every head's index field is all ones or an index below `n`, and so
+///   is every link reachable from a head (as long as every view over the
+///   same heads uses the same links and packing, which `OwnedFreeList` and
+///   the map ensure).
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
-    /// One stack head per CPU.
+    /// One CPU's stack heads each.
     heads: &'a [Head],
     /// Link of `i`: the index below `i` on its stack, or `EMPTY`.
     /// Meaningful only while `i` is on a stack.
     links: L,
     /// The number of elements: indices are `0..n`.
     n: u32,
-    /// Push to the young stack and pop the old one first (see the module
-    /// docs); a plain view uses stack 0 only.
+    /// How head words are split into tag and index.
+    pk: Packing,
+    /// Push to the young stack and pop the oldest first (see the module
+    /// docs); a plain view pushes to stack 0.
     aging: bool,
 }
 
@@ -338,16 +469,18 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         let n = u32::try_from(links.len())
             .unwrap_or(MAX_ELEMS)
             .min(MAX_ELEMS);
+        let pk = Packing::for_capacity(n);
         FreeList {
             heads,
             links,
             n,
+            pk,
             aging: false,
         }
     }
 
     /// [`new`](Self::new), but an aging view: pushes go to each CPU's young
-    /// stack and pops take from its old one first, so a freed index is
+    /// stack and pops take from its oldest one first, so a freed index is
     /// reused after the older free ones (see the module docs). Views of
     /// either kind may share memory; they only order things differently.
     pub fn new_aging(heads: &'a [Head], links: L) -> Self {
@@ -355,6 +488,24 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
             aging: true,
             ..Self::new(heads, links)
         }
+    }
+
+    /// [`new`](Self::new) with an index field of `index_bits` bits
+    /// (at least what the capacity needs, less than the word), so a
+    /// test can make the tag as narrow as `W - HEAD_INDEX_BITS` and reach
+    /// its wrap. Every view over the same heads must use the same value.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn with_index_bits(heads: &'a [Head], links: L, index_bits: u32) -> Self {
+        let mut list = Self::new(heads, links);
+        let need = list.pk.index_bits;
+        list.pk = Packing::with_index_bits(index_bits.max(need));
+        list
+    }
+
+    /// How this list packs its head words.
+    #[inline]
+    pub fn packing(&self) -> Packing {
+        self.pk
     }
 
     /// The number of per-CPU stacks.
@@ -367,6 +518,36 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     #[inline]
     pub fn capacity(&self) -> u32 {
         self.n
+    }
+
+    /// The CPU whose stack [`populate`](Self::populate) put `idx` on: the
+    /// natural place to give `idx` back when the caller has no CPU of its
+    /// own (a syscall-side delete), so that frees spread over the stacks
+    /// the way populate spread them. `0` for an out-of-range index.
+    pub fn home(&self, idx: u32) -> usize {
+        let nr_cpus = self.heads.len();
+        let n = self.n as usize;
+        let Ok(i) = usize::try_from(idx) else {
+            return 0;
+        };
+        // The first `extra` CPUs hold `per + 1` indices each, the rest
+        // `per`. Checked arithmetic throughout: no panic path (this runs
+        // on delete) and no overflow, though none can happen here.
+        let (Some(per), Some(extra)) = (n.checked_div(nr_cpus), n.checked_rem(nr_cpus)) else {
+            return 0;
+        };
+        let Some(big) = per.checked_add(1).and_then(|p| extra.checked_mul(p)) else {
+            return 0;
+        };
+        if i >= n {
+            0
+        } else if i < big {
+            i.checked_div(per.wrapping_add(1)).unwrap_or(0)
+        } else {
+            // `big <= i < n` implies `per >= 1`.
+            let rest = (i - big).checked_div(per).unwrap_or(0);
+            extra.saturating_add(rest)
+        }
     }
 
     /// Put every index `0..capacity()` on the list, spread over the CPUs as
@@ -410,7 +591,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
                 // Relaxed: not concurrent with anything (see the link store).
                 let old = stack.load(Ordering::Relaxed);
                 // Relaxed: as above; the list is not shared yet.
-                stack.store(pack(tag_of(old), top), Ordering::Relaxed);
+                stack.store(self.pk.with_index(old, top), Ordering::Relaxed);
             }
             // Relaxed: as above. Stack 0 is the oldest, 1 the middle.
             head.young.store(2, Ordering::Relaxed);
@@ -446,21 +627,16 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         loop {
             // Published by the Release CAS below, which pairs with the
             // Acquire head load/CAS in `pop_one` that reads this link.
-            self.links.store(idx, index_of(cur));
+            self.links.store(idx, self.pk.index_of(cur));
             // The tag is kept: a push's CAS is safe even after ABA (the top
             // is `index_of(cur)` right now, which is what the link says), and
-            // keeping it makes the tag wrap only after 2^B pops, not pushes.
-            let new = pack(tag_of(cur), idx);
-            match head.compare_exchange(
-                cur,
-                new,
-                // Release: pairs with the Acquire load/CAS of this head in
-                // `pop_one`, so the link store above and the caller's writes
-                // to the element happen-before the pop that returns `idx`.
-                Ordering::Release,
-                // Relaxed: the value is only the next expected value.
-                Ordering::Relaxed,
-            ) {
+            // keeping it makes the tag wrap only after 2^T pops, not pushes.
+            let new = self.pk.with_index(cur, idx);
+            // Release: pairs with the Acquire load/CAS of this head in
+            // `pop_one`, so the link store above and the caller's writes to
+            // the element happen-before the pop that returns `idx`.
+            // Relaxed on failure: the value is only the next expected value.
+            match head.compare_exchange(cur, new, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => cur = actual,
             }
@@ -510,6 +686,26 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         self.pop_one(middle).or_else(|| self.pop_one(newest))
     }
 
+    /// Makes the next pop of CPU `cpu % nr_cpus()`'s stack (by any view
+    /// over the same heads, on any thread) call `hook(arg)` inside its
+    /// window: after it read the head and the top's link, before it swaps
+    /// the head. The hook fires once and disarms itself before it runs,
+    /// so it may push and pop on the same stack; arming again replaces an
+    /// unfired hook (there is one hook slot per process).
+    ///
+    /// Test-only (feature `test-hooks`): it lets a test run any number of
+    /// operations on a stack while one pop is stalled there, as an
+    /// interrupt handler would.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(usize), arg: usize) {
+        if let Some(head) = cpu
+            .checked_rem(self.heads.len())
+            .and_then(|c| self.heads.get(c))
+        {
+            hook::arm(head, hook, arg);
+        }
+    }
+
     /// Pop from one CPU's stack; `None` if it was seen empty.
     ///
     /// Why the tag: without it, a pop that read `{A, next = B}` could
@@ -535,21 +731,39 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// time (loom finds this at once when the bump is removed: conservation
     /// sees `[0, 1, 1, 2]`). Tagged, T2's two pops moved the tag from 0 to
     /// 2, so T1's CAS fails and T1 retries with the current head. The loom
-    /// model `pop_vs_pop_aba` is this table.
+    /// model `pop_vs_pop_aba` is this table. If T2 does 2^T pops in all
+    /// (T the tag bits), the tag is back at 0 and the CAS succeeds: the
+    /// bound in the module docs. On LL/SC targets `pop_one_llsc` replaces
+    /// this CAS loop, and no number of T2's operations fools it.
     #[inline]
     fn pop_one(&self, head: &StackHead) -> Option<u32> {
+        #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+        {
+            self.pop_one_llsc(head)
+        }
+        #[cfg(not(all(kstackmap_llsc, not(loom), not(miri))))]
+        {
+            self.pop_one_cas(head)
+        }
+    }
+
+    /// `pop_one` with a compare-and-swap (every target but the LL/SC ones).
+    #[cfg_attr(all(kstackmap_llsc, not(loom), not(miri)), allow(dead_code))]
+    #[inline]
+    fn pop_one_cas(&self, head: &StackHead) -> Option<u32> {
         // Acquire: pairs with the Release CAS of the push that put this index
         // on top (every later CAS on the head is an RMW, so continues that
         // release sequence), making its link store visible to the load below.
         let mut cur = head.load(Ordering::Acquire);
         loop {
-            let idx = index_of(cur);
-            if idx == EMPTY {
+            let idx = self.pk.index_of(cur);
+            if self.pk.is_empty(idx) {
                 return None;
             }
             let next = match self.links.load(idx) {
                 // Ordered by the Acquire that read `cur`; if the link has
-                // changed since, `idx` was popped (tag bumped), the CAS fails.
+                // changed since, `idx` was popped (tag bumped) and the CAS
+                // fails unless 2^T pops ran meanwhile (the ABA bound).
                 Some(next) if idx < self.n => next,
                 // Unreachable by the invariants (only views with other links
                 // over the same heads could get here): treat as empty.
@@ -558,19 +772,138 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
                     return None;
                 }
             };
-            let new = pack(tag_of(cur).wrapping_add(1), next);
-            match head.compare_exchange(
-                cur,
-                new,
-                // Acquire: pairs with the Release CAS of the push that freed
-                // `idx`: the caller sees everything written before that push.
-                Ordering::Acquire,
-                // Acquire: the value becomes `cur`, whose link is read next;
-                // pairs with the push's Release CAS as the first load does.
-                Ordering::Acquire,
-            ) {
+            #[cfg(any(test, feature = "test-hooks"))]
+            hook::fire(head);
+            let new = self.pk.bumped(cur, next);
+            // Acquire: pairs with the Release CAS of the push that freed
+            // `idx`: the caller sees everything written before that push.
+            // Acquire on failure: the value becomes `cur`, whose link is read
+            // next; pairs with the push's Release CAS as the first load does.
+            match head.compare_exchange(cur, new, Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => return Some(idx),
                 Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// `pop_one` with load-exclusive / store-exclusive (ARMv7-M, ARMv7E-M,
+    /// ARMv8-M Mainline): LDREX the head, load the top's link, STREX the
+    /// bumped head, in one `asm!` block with no store between the two
+    /// exclusives (on Cortex-M the local monitor tracks no address, so an
+    /// ordinary store might clear it: IMPLEMENTATION DEFINED). An exception
+    /// taken inside the block clears the monitor on entry and return, so
+    /// the STREX fails and the loop starts over with a fresh LDREX: the
+    /// head did not change between the LDREX and a successful STREX, so
+    /// the link read was the top's current link. No ABA, whatever runs in
+    /// the handler.
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    #[inline]
+    fn pop_one_llsc(&self, head: &StackHead) -> Option<u32> {
+        let n = self.capacity();
+        // `mask` fits in u32 (index bits <= 16 here) and is >= n.
+        let mask = self.pk.index_of(HeadWord::MAX);
+        #[cfg(feature = "test-hooks")]
+        {
+            self.pop_one_llsc_split(head, n, mask)
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let idx: u32;
+            // Link `i` is the u32 at `base + i * stride` (`Links::raw`: a
+            // side array, or a word of each map element's header).
+            let (base, stride) = self.links.raw();
+            // SAFETY: `head.as_ptr()` is a valid, aligned u32 for the life of
+            // `head`, and every other access to it is atomic. The link load
+            // reads `base + idx * stride` only for `idx < n <= links.len()`
+            // (checked by the `cmp`/`bhs` before it), which is link `idx`,
+            // an AtomicU32 (same layout as u32) read only atomically
+            // elsewhere (`Links::raw`'s contract); a 32-bit aligned LDR is
+            // single-copy atomic. No store other than the STREX; `nostack`.
+            // The block reads and writes memory, so the compiler orders it
+            // with the surrounding accesses (no `nomem`/`readonly`).
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    "ldrex {cur}, [{head}]",
+                    "and {idx}, {cur}, {mask}",
+                    // idx >= n: empty (all ones >= n) or out of range.
+                    "cmp {idx}, {n}",
+                    "bhs 3f",
+                    "mla {next}, {idx}, {stride}, {base}",
+                    "ldr {next}, [{next}]",
+                    "and {next}, {next}, {mask}",
+                    // (cur | mask) + 1 = (tag + 1) << I, wrapping.
+                    "orr {cur}, {cur}, {mask}",
+                    "adds {cur}, {cur}, #1",
+                    "orr {cur}, {cur}, {next}",
+                    "strex {next}, {cur}, [{head}]",
+                    "cmp {next}, #0",
+                    "bne 2b",
+                    // Acquire: pairs with the Release CAS of the push that
+                    // freed `idx` (as the CAS loop's Acquire does).
+                    "dmb ish",
+                    "b 4f",
+                    "3:",
+                    "clrex",
+                    "4:",
+                    head = in(reg) head.as_ptr(),
+                    base = in(reg) base,
+                    stride = in(reg) stride,
+                    mask = in(reg) mask,
+                    n = in(reg) n,
+                    cur = out(reg) _,
+                    idx = out(reg) idx,
+                    next = out(reg) _,
+                    options(nostack),
+                );
+            }
+            if idx < n {
+                Some(idx)
+            } else {
+                debug_assert!(idx == mask, "head index {idx} out of range");
+                None
+            }
+        }
+    }
+
+    /// The exclusive pop split around the test hook (feature `test-hooks`
+    /// on LL/SC targets): LDREX and STREX in two `asm!` blocks with Rust
+    /// between them. The compiler may spill to the stack in between, and
+    /// an ordinary store may clear a Cortex-M monitor (IMPLEMENTATION
+    /// DEFINED), so this may retry forever on silicon: it is for emulators
+    /// (qemu clears the monitor only on CLREX, STREX and exceptions).
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri), feature = "test-hooks"))]
+    fn pop_one_llsc_split(&self, head: &StackHead, n: u32, mask: u32) -> Option<u32> {
+        loop {
+            let cur: u32;
+            // SAFETY: a load-exclusive of a valid, aligned u32 that is only
+            // accessed atomically.
+            unsafe {
+                core::arch::asm!("ldrex {cur}, [{head}]", head = in(reg) head.as_ptr(),
+                    cur = out(reg) cur, options(nostack));
+            }
+            let idx = cur & mask;
+            let Some(next) = self.links.load(idx).filter(|_| idx < n) else {
+                // SAFETY: CLREX only resets the local monitor.
+                unsafe { core::arch::asm!("clrex", options(nostack, nomem)) };
+                return None;
+            };
+            // (The link load is ordered after the LDREX by the address
+            // dependency, and the STREX below fails if the head changed.)
+            hook::fire(head);
+            let bumped = self.pk.bumped(cur, next);
+            let failed: u32;
+            // SAFETY: a store-exclusive to the same valid, aligned u32; it
+            // stores only if the monitor is still exclusive (no exception,
+            // no other exclusive, no other observer's store since the LDREX).
+            unsafe {
+                core::arch::asm!("strex {failed}, {new}, [{head}]", head = in(reg) head.as_ptr(),
+                    new = in(reg) bumped, failed = out(reg) failed, options(nostack));
+            }
+            if failed == 0 {
+                // SAFETY: a barrier only. Acquire, as in `pop_one_llsc`.
+                unsafe { core::arch::asm!("dmb ish", options(nostack)) };
+                return Some(idx);
             }
         }
     }
@@ -586,6 +919,58 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     pub fn drain_all(&self) -> impl Iterator<Item = u32> + 'a {
         let list = *self;
         core::iter::from_fn(move || list.pop(0))
+    }
+}
+
+/// The test hook's one slot (see [`FreeList::arm_pop_hook`]): which head
+/// it is armed for, and what to call. `core` atomics, not `sync`'s: it is
+/// test machinery, not part of a modelled protocol.
+#[cfg(any(test, feature = "test-hooks"))]
+mod hook {
+    use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+    use super::{CpuHeads, Head, StackHead};
+
+    /// The address of the armed CPU's heads; 0 when disarmed. A pop from
+    /// any of its stacks fires the hook.
+    static HEAD: AtomicUsize = AtomicUsize::new(0);
+    /// The hook, a `fn(usize)` as a pointer.
+    static FUNC: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+    /// Its argument.
+    static ARG: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn arm(head: &Head, f: fn(usize), arg: usize) {
+        // Disarm first, so a pop never sees the new head with the old hook.
+        HEAD.store(0, Ordering::SeqCst);
+        FUNC.store(f as *mut (), Ordering::SeqCst);
+        ARG.store(arg, Ordering::SeqCst);
+        HEAD.store(&**head as *const CpuHeads as usize, Ordering::SeqCst);
+    }
+
+    /// Calls the hook if it is armed for the CPU whose stack `head` is,
+    /// disarming it first.
+    #[inline]
+    pub(super) fn fire(head: &StackHead) {
+        let at = head as *const StackHead as usize;
+        // Relaxed: a cheap filter; the swap below decides.
+        let armed = HEAD.load(Ordering::Relaxed);
+        let mine = armed != 0 && (armed..armed + size_of::<CpuHeads>()).contains(&at);
+        if !mine
+            || HEAD
+                .compare_exchange(armed, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let f = FUNC.load(Ordering::SeqCst);
+        if f.is_null() {
+            return;
+        }
+        // SAFETY: FUNC only ever holds null or a `fn(usize)` stored by
+        // `arm` (SeqCst before HEAD, which we just took), and fn pointers
+        // and data pointers have the same size on every supported target.
+        let f = unsafe { core::mem::transmute::<*mut (), fn(usize)>(f) };
+        f(ARG.load(Ordering::SeqCst));
     }
 }
 
@@ -736,13 +1121,52 @@ mod tests {
             }
             bits => panic!("unexpected index width {bits}"),
         }
-        assert_eq!(pack(5, 7), (5 << HEAD_INDEX_BITS) | 7);
-        assert_eq!(index_of(pack(5, EMPTY)), EMPTY);
-        assert_eq!(tag_of(pack(5, EMPTY)), 5);
+    }
+
+    /// The index field is sized by the capacity and every other bit is
+    /// tag: the table in the module docs.
+    #[test]
+    fn packing_sizes_the_index_by_capacity() {
+        let w = HeadWord::BITS;
+        for (cap, index_bits) in [
+            (0, 1),
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (4, 3),
+            (24, 5),
+            (16_384, 15),
+            (65_534, 16),
+        ] {
+            let pk = Packing::for_capacity(cap);
+            assert_eq!((pk.index_bits, pk.tag_bits()), (index_bits, w - index_bits));
+            // Every index and EMPTY are distinct in the field.
+            assert!(HeadWord::from(cap) <= pk.mask, "{cap}");
+            assert!(pk.is_empty(pk.index_of(pk.with_index(0, EMPTY))));
+        }
+        if w == 64 {
+            let pk = Packing::for_capacity(MAX_ELEMS);
+            assert_eq!((pk.index_bits, pk.tag_bits()), (32, 32));
+        }
+        let pk = Packing::for_capacity(24);
+        let word = pk.with_index(5 << 5, 7);
+        assert_eq!((pk.tag_of(word), pk.index_of(word)), (5, 7));
+        assert_eq!(pk.index_of(pk.with_index(word, EMPTY)), 31);
+        assert_eq!(pk.tag_of(pk.with_index(word, EMPTY)), 5, "tag kept");
+        let bumped = pk.bumped(word, 3);
+        assert_eq!((pk.tag_of(bumped), pk.index_of(bumped)), (6, 3));
         // The tag wraps: bumping the largest tag gives tag 0, index intact.
-        assert_eq!(tag_of(pack(INDEX_MASK, 3)), INDEX_MASK);
-        assert_eq!(pack(INDEX_MASK.wrapping_add(1), 3), pack(0, 3));
-        assert_eq!(pack(INDEX_MASK + 1, 3), pack(0, 3));
+        let top = pk.with_index(HeadWord::MAX, 7);
+        assert_eq!(pk.tag_of(top), HeadWord::MAX >> 5);
+        assert_eq!(pk.bumped(top, 2), 2);
+        // A fresh head is empty for every packing, all three stacks.
+        for stack in &new_head().stacks {
+            let fresh = stack.load(core::sync::atomic::Ordering::SeqCst);
+            for bits in 1..w {
+                let pk = Packing::with_index_bits(bits);
+                assert!(pk.is_empty(pk.index_of(fresh)), "{bits}");
+            }
+        }
     }
 
     #[test]
@@ -750,24 +1174,140 @@ mod tests {
         use core::sync::atomic::Ordering::SeqCst;
         let l = OwnedFreeList::new_populated(1, 3).unwrap();
         let list = l.list();
-        let head = &list.heads[0].stacks[0];
+        let (pk, head) = (list.pk, &list.heads[0].stacks[0]);
         // Move the tag to its largest value; the next pop wraps it to 0.
-        head.store(pack(INDEX_MASK, index_of(head.load(SeqCst))), SeqCst);
+        head.store(
+            pk.with_index(HeadWord::MAX, pk.index_of(head.load(SeqCst))),
+            SeqCst,
+        );
         assert_eq!(list.pop(0), Some(2));
-        assert_eq!(tag_of(head.load(SeqCst)), 0);
+        assert_eq!(pk.tag_of(head.load(SeqCst)), 0);
         list.push(0, 2);
-        assert_eq!(tag_of(head.load(SeqCst)), 0, "push keeps the tag");
-        // A full wrap for real where it is cheap (the 16-bit tag): 2^16
-        // pops bring the tag back to where it started.
-        if HEAD_INDEX_BITS == 16 && !cfg!(miri) {
-            let before = head.load(SeqCst);
-            for _ in 0..1u32 << 16 {
-                let i = list.pop(0).unwrap();
-                list.push(0, i);
-            }
-            assert_eq!(head.load(SeqCst), before);
+        assert_eq!(pk.tag_of(head.load(SeqCst)), 0, "push keeps the tag");
+        // A full wrap for real, with the tag narrowed to 16 bits (12 under
+        // Miri): 2^T pops bring the head back to where it started.
+        let tag_bits = if cfg!(miri) { 8 } else { 16 };
+        let list = FreeList::with_index_bits(&l.heads, &l.links[..], HeadWord::BITS - tag_bits);
+        assert_eq!(list.packing().tag_bits(), tag_bits);
+        list.populate(); // re-packs the heads for the narrow tag
+        let before = head.load(SeqCst);
+        for _ in 0..1u32 << tag_bits {
+            let i = list.pop(0).unwrap();
+            list.push(0, i);
         }
+        assert_eq!(head.load(SeqCst), before);
         assert_conserved(list, vec![]);
+    }
+
+    /// What the ABA hook runs while a pop of `list` (top `A`, next `B`)
+    /// is stalled in its window: the shortest history that can fool it,
+    /// with `pops` successful pops (>= 2): pop A, pop B, push A, then
+    /// `pops - 2` times pop A, push A. B stays held (in `held`).
+    struct AbaRun<'a> {
+        list: FreeList<'a>,
+        pops: u64,
+        held: std::sync::atomic::AtomicU32,
+    }
+
+    fn aba_hook(arg: usize) {
+        // SAFETY: `arg` is the address of an `AbaRun` that `run_aba` keeps
+        // alive (on its stack) across the pop that fires this hook.
+        let run = unsafe { &*(arg as *const AbaRun<'_>) };
+        let a = run.list.pop(0).unwrap();
+        let b = run.list.pop(0).unwrap();
+        run.list.push(0, a);
+        for _ in 2..run.pops {
+            let x = run.list.pop(0).unwrap();
+            assert_eq!(x, a);
+            run.list.push(0, x);
+        }
+        run.held.store(b, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One process-wide hook slot: tests that arm it take turns.
+    static HOOK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Pops from a 1-CPU list of `n` while the hook runs `pops` pops inside
+    /// that pop's window; returns what is held and what is left listed.
+    fn run_aba(list: FreeList<'_>, pops: u64) -> (Vec<u32>, Vec<u32>) {
+        let _turn = HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let run = AbaRun {
+            list,
+            pops,
+            held: std::sync::atomic::AtomicU32::new(EMPTY),
+        };
+        list.arm_pop_hook(0, aba_hook, &run as *const AbaRun<'_> as usize);
+        let outer = list.pop(0).unwrap();
+        let held = vec![outer, run.held.load(std::sync::atomic::Ordering::SeqCst)];
+        let left = list
+            .drain_all()
+            .take(list.capacity() as usize + 1)
+            .collect();
+        (held, left)
+    }
+
+    fn is_conserved(n: u32, held: &[u32], left: &[u32]) -> bool {
+        let mut all: Vec<u32> = held.iter().chain(left).copied().collect();
+        all.sort_unstable();
+        all == (0..n).collect::<Vec<_>>()
+    }
+
+    /// The bound in the module docs is exact on CAS targets: a pop stalled
+    /// across 2^T - 1 pops of its stack (T the tag bits) is never fooled,
+    /// across 2^T it is (one index ends up both held and listed). The tag
+    /// is narrowed to 16 bits (8 under Miri) so the wrap is in reach on
+    /// both head widths: pop and push are the same code for every split,
+    /// only the shift differs, so this checks what a 59-bit tag does at
+    /// 2^59. (On LL/SC targets nothing fools it; see `tests/aba.rs`.)
+    #[test]
+    #[cfg(not(all(kstackmap_llsc, not(loom), not(miri))))]
+    fn aba_bound_is_exact() {
+        let tag_bits = if cfg!(miri) { 8 } else { 16 };
+        let l = OwnedFreeList::new_populated(1, 4).unwrap();
+        let list = FreeList::with_index_bits(&l.heads, &l.links[..], HeadWord::BITS - tag_bits);
+        assert_eq!(list.packing().tag_bits(), tag_bits);
+        list.populate(); // re-packs the heads for the narrow tag
+        let wrap = 1u64 << tag_bits;
+
+        let (held, left) = run_aba(list, wrap - 1);
+        assert_eq!(held, [3, 2], "the stale CAS failed and the pop retried");
+        assert!(is_conserved(4, &held, &left), "{held:?} {left:?}");
+
+        list.populate();
+        let (held, left) = run_aba(list, wrap);
+        assert_eq!(held, [3, 2]);
+        assert_eq!(left, [2, 1, 0], "fooled: 2 is held and listed");
+        assert!(!is_conserved(4, &held, &left));
+    }
+
+    /// The regression of the audit (issue 16): 65,536 pops in one pop's
+    /// window fooled the old fixed 16-bit tag of the 32-bit head. With the
+    /// index field sized by the capacity, a small list's tag is far wider
+    /// (27 bits for 4 elements on a 32-bit head, 61 on a 64-bit one), so
+    /// the same history leaves the list intact on both widths.
+    #[test]
+    fn aba_of_the_old_16_bit_tag_is_gone() {
+        let pops = if cfg!(miri) { 1 << 8 } else { 1 << 16 };
+        let l = OwnedFreeList::new_populated(1, 4).unwrap();
+        let list = l.list();
+        let (held, left) = run_aba(list, pops);
+        assert!(is_conserved(4, &held, &left), "{held:?} {left:?}");
+        assert_eq!(left, [1, 0]);
+    }
+
+    #[test]
+    fn home_is_where_populate_put_it() {
+        for (nr_cpus, n) in [(1, 5), (3, 7), (4, 2), (4, 8), (5, 0), (3, 10)] {
+            let l = OwnedFreeList::new_populated(nr_cpus, n).unwrap();
+            let list = l.list();
+            for (cpu, stack) in stacks(list).into_iter().enumerate() {
+                for i in stack {
+                    assert_eq!(list.home(i), cpu, "{nr_cpus} cpus, {n}: index {i}");
+                }
+            }
+            assert_eq!(list.home(n), 0, "out of range");
+            assert_eq!(list.home(u32::MAX), 0);
+        }
     }
 
     #[test]
@@ -941,6 +1481,34 @@ mod tests {
             }
             assert_conserved(list, vec![held]);
         }
+    }
+
+    /// The test hook fires in whichever of the armed CPU's stacks the next
+    /// pop takes from (here the middle one, an aging view's oldest being
+    /// empty), and only there.
+    #[test]
+    fn pop_hook_fires_on_any_stack_of_its_cpu() {
+        static FIRED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn count(_: usize) {
+            FIRED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _turn = HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // CPU 0: [1] oldest, [0] middle; CPU 1: [3] oldest, [2] middle.
+        let l = OwnedFreeList::new_populated(2, 4).unwrap();
+        let list = l.aging_list();
+        assert_eq!(list.pop(1), Some(3)); // CPU 1's oldest is now empty
+        list.arm_pop_hook(1, count, 0);
+        assert_eq!(list.pop(0), Some(1));
+        assert_eq!(FIRED.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(list.pop(1), Some(2));
+        assert_eq!(FIRED.load(std::sync::atomic::Ordering::SeqCst), 1);
+        list.push(1, 2);
+        assert_eq!(list.pop(1), Some(2));
+        assert_eq!(
+            FIRED.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "fires once"
+        );
     }
 
     #[test]

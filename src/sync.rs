@@ -9,11 +9,12 @@
 //! # Head words
 //!
 //! The freelist packs a slot index and an ABA tag into one atomic word.
-//! Targets with 64-bit atomics use an [`AtomicU64`] (32-bit index, 32-bit
-//! tag); targets without (for example `thumbv7em-none-eabihf`) fall back to
-//! an [`AtomicU32`] holding a 16-bit index and a 16-bit tag, which caps a
-//! map at [`HEAD_INDEX_MAX`] elements there. The choice is a type alias, as
-//! crossbeam-epoch does with `cfg(target_has_atomic = "64")`.
+//! Targets with 64-bit atomics use an [`AtomicU64`]; targets without (for
+//! example `thumbv7em-none-eabihf`) fall back to an [`AtomicU32`], which
+//! caps a map at [`HEAD_INDEX_MAX`] elements there. The index field is
+//! sized by the list's capacity, at most half the word, and the rest is
+//! tag (see `freelist.rs`). The choice is a type alias, as crossbeam-epoch
+//! does with `cfg(target_has_atomic = "64")`.
 //!
 //! # Element words
 //!
@@ -45,8 +46,8 @@ pub(crate) type HeadAtomic = AtomicU64;
 /// The plain integer behind [`HeadAtomic`].
 #[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
 pub(crate) type HeadWord = u64;
-/// Bits of a head word that hold the index (the low half); the tag is the
-/// high half.
+/// The most bits of a head word the index may take (half the word): the
+/// tag always has at least as many.
 #[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
 pub(crate) const HEAD_INDEX_BITS: u32 = 32;
 
@@ -56,8 +57,8 @@ pub(crate) type HeadAtomic = AtomicU32;
 /// The plain integer behind [`HeadAtomic`].
 #[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) type HeadWord = u32;
-/// Bits of a head word that hold the index (the low half); the tag is the
-/// high half.
+/// The most bits of a head word the index may take (half the word): the
+/// tag always has at least as many.
 #[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) const HEAD_INDEX_BITS: u32 = 16;
 

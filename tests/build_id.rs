@@ -590,3 +590,159 @@ fn build_id_map_resolves_own_frames() {
         .zip(&chain)
         .all(|(f, &ip)| *f == StackBuildId::from_ip(ip)));
 }
+
+/// A temp path unique to this process and `name`.
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("kstackmap-{}-{name}", std::process::id()))
+}
+
+/// An ELF64 header and one PT_NOTE program header claiming `0xffff_0000`
+/// bytes of notes at 8 KiB, in a 4 GiB file of holes: 358 million empty
+/// 12-byte notes to walk, one read each for a reader that reads per note.
+fn huge_sparse_elf(path: &Path) {
+    let mut h = vec![0u8; 64 + 56];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = 2; // ELFCLASS64
+    h[5] = if cfg!(target_endian = "big") { 2 } else { 1 };
+    h[6] = 1;
+    h[16..18].copy_from_slice(&3u16.to_ne_bytes()); // ET_DYN
+    h[32..40].copy_from_slice(&64u64.to_ne_bytes()); // e_phoff
+    h[52..54].copy_from_slice(&64u16.to_ne_bytes());
+    h[54..56].copy_from_slice(&56u16.to_ne_bytes());
+    h[56..58].copy_from_slice(&1u16.to_ne_bytes());
+    let ph = &mut h[64..];
+    ph[..4].copy_from_slice(&4u32.to_ne_bytes()); // PT_NOTE
+    ph[8..16].copy_from_slice(&8192u64.to_ne_bytes());
+    ph[32..40].copy_from_slice(&0xffff_0000u64.to_ne_bytes());
+    fs::write(path, &h).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(1 << 32)
+        .unwrap();
+}
+
+/// A mapped file with a 4 GiB note segment of empty notes: `ProcMaps`
+/// gives it no build id after a bounded number of reads (the unit test
+/// `huge_sparse_note_segment_reads_are_bounded` counts them: 16) instead
+/// of walking every note. The old reader made one read per note here
+/// (358 million) and was still at it after 3 minutes; a parse that has
+/// not returned after 60 s fails the test (a hang detector, generous
+/// enough for any machine: the bounded walk takes milliseconds).
+#[test]
+fn huge_sparse_note_segment_ends_the_search() {
+    let path = temp_path("sparse.so");
+    huge_sparse_elf(&path);
+    let text = format!(
+        "7f0000000000-7f0000001000 r-xp 00000000 00:00 0 {}\n",
+        path.display()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    // Detached: if it hangs, it dies with the test process.
+    std::thread::spawn(move || {
+        let _ = tx.send(ProcMaps::parse(&text));
+    });
+    let maps = rx.recv_timeout(Duration::from_secs(60));
+    let took = start.elapsed();
+    fs::remove_file(&path).unwrap();
+    let maps = maps
+        .expect("ProcMaps::parse walked the sparse note segment for over 60 s")
+        .unwrap();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps.build_id(0), None);
+    loud!("huge sparse note segment: no build id, in {took:?}");
+}
+
+/// A profiled process controls the paths in its maps: it can swap a
+/// checked regular file for a FIFO before the resolver opens it. The
+/// resolver must never block in that open (no writer ever comes). Here a
+/// thread swaps a regular file and a FIFO back and forth
+/// (`renameat2(RENAME_EXCHANGE)`) while another parses a maps line naming
+/// the path, until both have run side by side for 50,000 swaps. With a
+/// blocking open (the old code) this hangs; the main thread then finds the parser stuck (after a generous
+/// wait: this detects a hang, it does not time anything), frees it by
+/// opening the FIFO's write end, and fails.
+#[test]
+fn fifo_swapped_in_never_blocks() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::{mpsc, Arc};
+
+    let (file, fifo) = (temp_path("swap.so"), temp_path("swap.fifo"));
+    fs::write(&file, b"\x7fELF not really").unwrap();
+    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (cfile, cfifo) = (cpath(&file), cpath(&fifo));
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(cfifo.as_ptr(), 0o600) }, 0);
+    let text = format!(
+        "7f0000000000-7f0000001000 r-xp 00000000 00:00 0 {}\n",
+        file.display()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (stop, swaps, cfile, cfifo) =
+            (stop.clone(), swaps.clone(), cfile.clone(), cfifo.clone());
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                // SAFETY: two valid NUL-terminated paths.
+                let r = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        cfile.as_ptr(),
+                        libc::AT_FDCWD,
+                        cfifo.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let parser = {
+        let swaps = swaps.clone();
+        std::thread::spawn(move || {
+            let mut parses = 0u64;
+            // Until both sides have run a while side by side.
+            while parses < 2_000 || swaps.load(SeqCst) < 50_000 {
+                let maps = ProcMaps::parse(&text).unwrap();
+                assert_eq!(maps.build_id(0), None);
+                parses += 1;
+            }
+            let _ = done_tx.send(parses);
+        })
+    };
+    let parses = done_rx.recv_timeout(Duration::from_secs(120));
+    let finished = parses.is_ok();
+    stop.store(true, SeqCst);
+    swapper.join().unwrap();
+    if !finished {
+        // The parser waits in open() for a writer of the FIFO (at one of
+        // the two names): be that writer, so the test can end.
+        for p in [&cfile, &cfifo] {
+            // SAFETY: a valid NUL-terminated path; the fd is closed below.
+            let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+            if fd >= 0 {
+                // SAFETY: `fd` was opened above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+    parser.join().unwrap();
+    fs::remove_file(&file).unwrap();
+    fs::remove_file(&fifo).unwrap();
+    assert!(
+        finished,
+        "ProcMaps blocked opening a FIFO swapped in for a checked file"
+    );
+    loud!(
+        "fifo swap: {} parses, {} swaps, never blocked",
+        parses.unwrap_or(0),
+        swaps.load(SeqCst)
+    );
+}

@@ -10,7 +10,8 @@
 //!
 //! Thread mode and the handler both insert (with and without
 //! `REUSE_STACKID`), look up and delete on the same map and the same
-//! freelist shard (cpu 0; deletes free to shard 0). SysTick is re-armed
+//! freelist shard (one CPU: deletes free a slot to the shard `populate`
+//! put it on, which is then shard 0 too). SysTick is re-armed
 //! after every interrupt with a random period, so interrupts sweep over
 //! every instruction of the thread's operations. The handler counts where
 //! it landed: inside which thread-mode operation, and at how many distinct
@@ -337,7 +338,7 @@ pub fn systick_races_thread_mode(mem: &mut [MaybeUninit<u8>]) -> TestResult {
         ..MapAttr::default()
     };
     let cfg = Config {
-        nr_cpus: 2,
+        nr_cpus: 1,
         ..Config::default()
     };
     let map = ok!(StackMapIn::new_in(&attr, cfg, mem));

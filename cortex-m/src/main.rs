@@ -1,7 +1,7 @@
 //! kstackmap's tests on a Cortex-M4F (thumbv7em-none-eabihf), run on
 //! qemu's `mps2-an386` board: the library as a no_std, no-allocator user
 //! builds it (`--no-default-features`), over static memory, with 32-bit
-//! atomics only (LDREX/STREX) and the 16-bit freelist head. One test races
+//! atomics only (LDREX/STREX) and the 32-bit freelist head. One test races
 //! a SysTick interrupt handler against thread mode on one map.
 //!
 //! Output goes to the host through semihosting: one line per test
@@ -39,7 +39,7 @@ pub type TestResult = Result<(), Fail>;
 type Test = fn(&mut [MaybeUninit<u8>]) -> TestResult;
 
 /// Memory for the maps: each test borrows all of it in turn. 2 MiB holds
-/// the largest map the 16-bit head allows (65,534 entries of one frame).
+/// the largest map the 32-bit head allows (65,534 entries of one frame).
 static ARENA: StaticStorage<{ 2 << 20 }> = StaticStorage::new();
 
 /// Index into [`TESTS`] of the running test, for the panic message.
@@ -116,7 +116,7 @@ fn target() -> &'static str {
     if cfg!(target_has_atomic = "64") {
         "a target with 64-bit atomics"
     } else {
-        "thumbv7em (32-bit atomics only: 16-bit freelist index)"
+        "thumbv7em (32-bit atomics only: 32-bit freelist head, LDREX/STREX pop)"
     }
 }
 

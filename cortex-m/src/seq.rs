@@ -702,8 +702,9 @@ pub fn conservation_fill_delete_refill(mem: &mut [MaybeUninit<u8>]) -> TestResul
 }
 
 pub fn head16_capacity_limit(_: &mut [MaybeUninit<u8>]) -> TestResult {
-    // Without 64-bit atomics the freelist head packs a 16-bit index (all
-    // ones = empty) and a 16-bit tag: at most 65,534 entries.
+    // Without 64-bit atomics the freelist head is 32 bits: an index field
+    // sized by max_entries (all ones = empty), at most 16 bits, and the
+    // rest tag: at most 65,534 entries.
     check!(!cfg!(target_has_atomic = "64"));
     check_eq!(HEAD_INDEX_MAX, 65_534);
     let size = |n: u32| StackMapIn::storage_size(&attr(n, 8, 0), cfg(2));
@@ -729,8 +730,9 @@ pub fn head16_full_map(mem: &mut [MaybeUninit<u8>]) -> TestResult {
     check_eq!(m.n_buckets(), 65_536);
     let mut k = 0;
     for round in 0..2 {
-        // Round 0 alternates the CPUs; round 1 pops from CPU 1 only, while
-        // every slot was freed to shard 0 by delete: each pop steals.
+        // Round 0 alternates the CPUs; round 1 pops from CPU 1 only, after
+        // delete freed every slot to its home shard: once CPU 1's half is
+        // used up, each pop steals from shard 0.
         let stored = fill(&m, &mut k, |k| if round == 0 { k as usize % 2 } else { 1 })?;
         check_eq!(stored, max_entries, "round {}", round);
         // Two buckets are empty; everything else holds its own stack.

@@ -10,10 +10,14 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 
-use kstackmap::uapi::BPF_F_REUSE_STACKID;
+use kstackmap::uapi::{BPF_F_REUSE_STACKID, BPF_F_STACK_BUILD_ID};
 use kstackmap::{trace_hash, Error, MapAttr, StackMap};
+use loom::sync::atomic::AtomicBool;
 use loom::sync::Arc;
 use loom::thread;
 
@@ -192,9 +196,11 @@ fn insert_vs_delete() {
     });
 }
 
-/// The seqlock guarantee: a reader racing with the recycling of the slot
-/// it is reading sees one whole stack, never a mixture of two, and a
-/// compare racing with it reports a hit only for the stack it asked for.
+/// The seqlock guarantee for lookups: a reader racing with the recycling
+/// of the slot it is reading (the same slot republished in the same
+/// bucket, so only the sequence number tells) sees one whole stack, never
+/// a mixture of two. (The compare's side of the guarantee is
+/// `compare_vs_unpublished_write`.)
 #[test]
 fn compare_and_read_vs_recycle() {
     let old = [0x1u64, 0x2];
@@ -226,6 +232,10 @@ fn compare_and_read_vs_recycle() {
     });
 }
 
+/// A compare racing a replace: a hit on `old` is only reported while `old`
+/// is in the bucket. The checker reads a witness first: if the replace had
+/// already returned, `old` was gone for the whole call and only EEXIST is
+/// right.
 #[test]
 fn compare_vs_replace() {
     let old = [0x1u64, 0x2];
@@ -237,14 +247,27 @@ fn compare_vs_replace() {
     model("compare_vs_replace", move || {
         let map = Arc::new(small_map());
         map.get_stackid(0, &old, 0).unwrap();
-        let (rep, r) = race(
+        let done = Arc::new(AtomicBool::new(false));
+        let seen_done = done.clone();
+        let (rep, (replaced_before, r)) = race(
             &map,
-            move |m| m.get_stackid(0, &new, BPF_F_REUSE_STACKID),
-            move |m| m.get_stackid(0, &old, 0),
+            move |m| {
+                let r = m.get_stackid(0, &new, BPF_F_REUSE_STACKID);
+                done.store(true, SeqCst);
+                r
+            },
+            move |m| (seen_done.load(SeqCst), m.get_stackid(0, &old, 0)),
         );
         // A hit on `old` is only reported while `old` is in the bucket;
         // after the replace it is EEXIST.
         assert!(r == Ok(id) || r == Err(Error::Exist), "{r:?}");
+        if replaced_before {
+            assert_eq!(
+                r,
+                Err(Error::Exist),
+                "hit on a stack replaced before the call"
+            );
+        }
         assert_eq!(rep, Ok(id));
         assert_eq!(read(&map, id), Ok(new));
         let map = into_inner(map);
@@ -311,5 +334,97 @@ fn lookup_and_delete_vs_insert() {
         }
         let (used, free) = audit(into_inner(map));
         assert_eq!((used + free, used), (2, usize::from(left.is_ok())));
+    });
+}
+
+/// lookup_and_delete racing an insert into an empty bucket (publish by
+/// compare-exchange): the taker gets ENOENT or the whole new stack. Its
+/// copy is not re-validated (the slot is the taker's once swapped out),
+/// so it relies on the publish's Release for the stack's words.
+#[test]
+fn lookup_and_delete_vs_fresh_insert() {
+    let a = [0x10u64, 0x20];
+    let id = trace_hash(&a) & 1;
+    model("lookup_and_delete_vs_fresh_insert", move || {
+        let map = Arc::new(small_map());
+        let take = move |m: &StackMap| {
+            let mut v = [0u8; 16];
+            m.lookup_and_delete(id, &mut v).map(|()| {
+                [
+                    u64::from_ne_bytes(v[..8].try_into().unwrap()),
+                    u64::from_ne_bytes(v[8..].try_into().unwrap()),
+                ]
+            })
+        };
+        let (ins, took) = race(&map, move |m| m.get_stackid(0, &a, 0), take);
+        assert_eq!(ins, Ok(id));
+        let left = read(&map, id);
+        match took {
+            Ok(v) => {
+                assert_eq!(v, a, "took a stale or torn stack");
+                assert_eq!(left, Err(Error::NoEnt));
+            }
+            Err(e) => {
+                assert_eq!(e, Error::NoEnt);
+                assert_eq!(left, Ok(a));
+            }
+        }
+        let (used, free) = audit(into_inner(map));
+        assert_eq!((used + free, used), (2, usize::from(left.is_ok())));
+    });
+}
+
+/// A 3-element build-id map with one-frame values (32 bytes).
+fn build_id_map() -> StackMap {
+    let attr = MapAttr {
+        max_entries: 3,
+        key_size: 4,
+        value_size: 32,
+        map_flags: BPF_F_STACK_BUILD_ID,
+        numa_node: 0,
+    };
+    StackMap::new(&attr).unwrap()
+}
+
+/// The hit guarantee where a kernel-style compare (one bucket load and a
+/// plain compare of the slot, nothing re-checked) fails. Build-id maps
+/// write the caller's stack into a slot *before* comparing (the kernel's
+/// order), so a stack can sit in a slot without ever being published.
+///
+/// X is in the bucket (slot s). The writer replaces X by Z (REUSE: s goes
+/// back to the freelist), then asks for Y: it pops s, writes Y into it,
+/// compares with Z, gets EEXIST and pushes s back: Y was never in the
+/// bucket. The reader asks for Y at the same time. A compare that loaded
+/// the bucket (s, holding X) and then read s after the writer wrote Y
+/// would report a hit for a stack the bucket never held; the sequence
+/// number and the bucket re-check refuse it. Every right answer is EEXIST.
+#[test]
+fn compare_vs_unpublished_write() {
+    let x = [0x1000u64];
+    let n_buckets = 4;
+    let id = trace_hash(&x) & (n_buckets - 1);
+    let mut same_bucket = (0x1001u64..)
+        .map(|v| [v])
+        .filter(|s| trace_hash(s) & (n_buckets - 1) == id);
+    let (y, z) = (same_bucket.next().unwrap(), same_bucket.next().unwrap());
+    model("compare_vs_unpublished_write", move || {
+        let map = Arc::new(build_id_map());
+        assert_eq!(map.n_buckets(), n_buckets);
+        assert_eq!(map.get_stackid(0, &x, 0), Ok(id));
+        let (w, r) = race(
+            &map,
+            move |m| {
+                assert_eq!(m.get_stackid(0, &z, BPF_F_REUSE_STACKID), Ok(id));
+                m.get_stackid(0, &y, 0)
+            },
+            move |m| m.get_stackid(0, &y, 0),
+        );
+        assert_eq!(w, Err(Error::Exist));
+        assert_eq!(r, Err(Error::Exist), "hit on a stack the bucket never held");
+        let mut v = [0u8; 32];
+        map.lookup(id, &mut v).unwrap();
+        // StackBuildId: status at 0 (IP = 2), the ip at byte 24.
+        assert_eq!(u64::from_ne_bytes(v[24..].try_into().unwrap()), z[0]);
+        assert_eq!(audit(into_inner(map)), (1, 2));
     });
 }

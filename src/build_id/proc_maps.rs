@@ -5,9 +5,9 @@ use core::fmt;
 use core::str::FromStr;
 use std::collections::HashMap;
 use std::format;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::string::{String, ToString};
 use std::vec::Vec;
 
@@ -24,6 +24,17 @@ const DELETED_SUFFIX: &str = " (deleted)";
 /// How much of a file is read at once: ELF headers, program headers and
 /// note segments sit at its start in every toolchain's output.
 const HEAD_SIZE: u64 = 8 * 1024;
+
+/// Reads past the head go through a window of this many bytes (a page),
+/// so a walk over many small notes costs one read per page, not per note.
+const WINDOW: usize = 4096;
+
+/// The most bytes read from one file past its head. A note segment may
+/// claim up to 4 GiB (of a huge, possibly sparse file) of 12-byte empty
+/// notes; the walk stops with no build id once this is spent, after at
+/// most `MAX_EXTRA_READ / WINDOW` reads. Real build-id notes sit in the
+/// first pages.
+const MAX_EXTRA_READ: u64 = 64 * 1024;
 
 /// The permission column of a maps line: `r`, `w`, `x`, and `s` (shared)
 /// or `p` (private).
@@ -236,7 +247,15 @@ impl fmt::Display for Mapping {
 ///   `[...]` pseudo-paths, `anon_inode:...` and empty paths get no build id.
 /// - Only regular files are read (a FIFO or device node could block or have
 ///   side effects), through [`parse_build_id_from`]: the ELF header, the
-///   program headers and the note segments, not the whole file.
+///   program headers and the note segments, not the whole file. The path
+///   is checked before opening (no open of a device node), opened with
+///   `O_NONBLOCK | O_CLOEXEC` (a profiled process that swaps the path for
+///   a FIFO in between can't make the open wait for a writer), and the
+///   opened descriptor is checked again with `fstat`.
+/// - Reads are bounded: the first 8 KiB of a file, then at most 64 KiB
+///   more in page-sized reads. A note segment that claims gigabytes (a
+///   huge sparse file of empty notes) ends the search with no build id
+///   instead of a walk of hundreds of millions of reads.
 /// - Each file is opened at most once per [`ProcMaps`]: results are cached
 ///   per (device, inode, path) as the maps line gives them.
 /// - A file that is gone, unreadable, not ELF or without a build id gives
@@ -435,11 +454,26 @@ fn dec_u64(s: &str) -> io::Result<u64> {
 
 /// Opens `path` if it is (or links to) a regular file.
 fn open_regular(path: &str) -> Option<File> {
-    // Check before opening: opening a FIFO blocks.
+    // Check before opening: opening a device node can have side effects.
     if !fs::metadata(path).ok()?.is_file() {
         return None;
     }
-    let file = File::open(path).ok()?;
+    open_checked(path)
+}
+
+/// Opens `path` for reading without blocking and keeps it only if the
+/// opened descriptor is a regular file.
+fn open_checked(path: &str) -> Option<File> {
+    // The path may have changed since any check (a profiled process controls it):
+    // O_NONBLOCK makes an open of a FIFO return at once instead of waiting
+    // for a writer, possibly forever; O_CLOEXEC keeps the descriptor out
+    // of any child (std sets it anyway; said here so it stays set).
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    // fstat of what was opened: only a regular file is read.
     file.metadata().ok()?.is_file().then_some(file)
 }
 
@@ -455,19 +489,64 @@ fn open_by_path(m: &Mapping, root: &str) -> Option<File> {
 }
 
 /// The build id of an open file, reading its first [`HEAD_SIZE`] bytes
-/// once and anything further on demand.
+/// once and at most [`MAX_EXTRA_READ`] more on demand.
 fn read_build_id(file: &File) -> Option<BuildIdNote> {
-    let mut head = Vec::new();
-    file.take(HEAD_SIZE).read_to_end(&mut head).ok()?;
-    let mut src = FileSource { file, head };
-    parse_build_id_from(&mut src)
+    read_build_id_counted(file).0
 }
 
-/// An [`ElfSource`] over a file: its head from memory, the rest by
-/// positioned reads.
+/// [`read_build_id`], and how many reads past the head it made.
+fn read_build_id_counted(file: &File) -> (Option<BuildIdNote>, u32) {
+    let mut head = Vec::new();
+    if file.take(HEAD_SIZE).read_to_end(&mut head).is_err() {
+        return (None, 0);
+    }
+    let mut src = FileSource {
+        file,
+        head,
+        window: Vec::new(),
+        window_at: 0,
+        budget: MAX_EXTRA_READ,
+        reads: 0,
+    };
+    let id = parse_build_id_from(&mut src);
+    (id, src.reads)
+}
+
+/// An [`ElfSource`] over a file: its head from memory, the rest through a
+/// page-sized window read on demand, within a byte budget.
+///
+/// # Invariants
+///
+/// `window` holds the file's bytes at `window_at..window_at + len` (empty
+/// before the first read past the head); `budget + WINDOW * reads`
+/// is [`MAX_EXTRA_READ`] (budget never below 0).
 struct FileSource<'a> {
     file: &'a File,
     head: Vec<u8>,
+    window: Vec<u8>,
+    window_at: u64,
+    budget: u64,
+    reads: u32,
+}
+
+impl FileSource<'_> {
+    /// Copies `buf.len()` bytes at `offset` from the window, if it has
+    /// them.
+    fn copy_from_window(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(start) = offset
+            .checked_sub(self.window_at)
+            .and_then(|d| usize::try_from(d).ok())
+        else {
+            return false;
+        };
+        match self.window.get(start..).and_then(|w| w.get(..buf.len())) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl ElfSource for FileSource<'_> {
@@ -477,10 +556,36 @@ impl ElfSource for FileSource<'_> {
             return true;
         }
         // A short head is the whole file: nothing lies beyond it.
-        if (self.head.len() as u64) < HEAD_SIZE {
+        if (self.head.len() as u64) < HEAD_SIZE || buf.len() > WINDOW {
             return false;
         }
-        FileExt::read_exact_at(self.file, buf, offset).is_ok()
+        if self.copy_from_window(offset, buf) {
+            return true;
+        }
+        // A fresh window at `offset` (so it holds the whole request),
+        // paid from the budget; a short read at the end of the file is
+        // fine (the copy below then fails if it falls short).
+        if self.budget < WINDOW as u64 {
+            return false;
+        }
+        self.budget -= WINDOW as u64;
+        self.reads += 1;
+        self.window.resize(WINDOW, 0);
+        let mut filled = 0;
+        while let Some(rest) = self.window.get_mut(filled..).filter(|r| !r.is_empty()) {
+            match self
+                .file
+                .read_at(rest, offset.saturating_add(filled as u64))
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.window.truncate(filled);
+        self.window_at = offset;
+        self.copy_from_window(offset, buf)
     }
 }
 
@@ -682,5 +787,69 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let m = Mapping::parse_line(long).unwrap();
         assert_eq!(m.to_string(), long.replace(" /p", "  /p"));
         assert_eq!(Mapping::parse_line(&m.to_string()).unwrap(), m);
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    //! Reading files (not under Miri: it has no `pread`).
+    use super::*;
+    use std::io::Write;
+
+    /// An ELF64 header and one PT_NOTE program header claiming
+    /// `0xffff_0000` bytes of notes at `HEAD_SIZE`, in a 4 GiB file that
+    /// is all holes past the header: 358 million empty 12-byte notes.
+    pub(super) fn huge_sparse_elf(path: &std::path::Path) {
+        let mut h = std::vec![0u8; 64 + 56];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // ELFCLASS64
+        h[5] = if cfg!(target_endian = "big") { 2 } else { 1 };
+        h[6] = 1; // EV_CURRENT
+        h[16..18].copy_from_slice(&3u16.to_ne_bytes()); // ET_DYN
+        h[32..40].copy_from_slice(&64u64.to_ne_bytes()); // e_phoff
+        h[52..54].copy_from_slice(&64u16.to_ne_bytes()); // e_ehsize
+        h[54..56].copy_from_slice(&56u16.to_ne_bytes()); // e_phentsize
+        h[56..58].copy_from_slice(&1u16.to_ne_bytes()); // e_phnum
+        let ph = &mut h[64..];
+        ph[..4].copy_from_slice(&4u32.to_ne_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&HEAD_SIZE.to_ne_bytes()); // p_offset
+        ph[32..40].copy_from_slice(&0xffff_0000u64.to_ne_bytes()); // p_filesz
+        let mut f = File::create(path).unwrap();
+        f.write_all(&h).unwrap();
+        f.set_len(1 << 32).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn huge_sparse_note_segment_reads_are_bounded() {
+        let path = std::env::temp_dir().join(format!("kstackmap-sparse-{}", std::process::id()));
+        huge_sparse_elf(&path);
+        let file = File::open(&path).unwrap();
+        let (id, reads) = read_build_id_counted(&file);
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(id, None);
+        // The walk ran until the budget was spent, and no further.
+        assert_eq!(u64::from(reads), MAX_EXTRA_READ / WINDOW as u64);
+    }
+
+    /// A FIFO that replaced the checked path before the open: the open
+    /// returns at once (O_NONBLOCK) and `fstat` refuses it. A blocking
+    /// open would wait here forever (no writer ever comes).
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_fifo_is_opened_without_blocking_and_refused() {
+        let fifo = std::env::temp_dir().join(format!("kstackmap-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let opened = open_checked(fifo.to_str().unwrap());
+        let checked = open_regular(fifo.to_str().unwrap());
+        std::fs::remove_file(&fifo).unwrap();
+        assert!(opened.is_none() && checked.is_none());
+        let dir = std::env::temp_dir();
+        assert!(open_checked(dir.to_str().unwrap()).is_none());
+        let exe = std::env::current_exe().unwrap();
+        assert!(open_regular(exe.to_str().unwrap()).is_some());
     }
 }

@@ -328,4 +328,13 @@ impl Links for Elems<'_> {
             e.set_link(next);
         }
     }
+    /// Link `i` is header word 1 of element `i` (32-bit words: the only
+    /// kind the exclusive-pop targets have).
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    fn raw(&self) -> (*const u32, u32) {
+        static_assertions::const_assert_eq!(WORD, 4);
+        // `wrapping_add`: never dereferenced unless an element exists.
+        let base = self.elems.as_ptr().wrapping_add(1).cast::<u32>();
+        (base, (self.stride * WORD) as u32)
+    }
 }

@@ -185,6 +185,34 @@ impl<'a> StackMapIn<'a> {
     }
 }
 
+/// Test hooks (feature `test-hooks`): for tests of what a stalled
+/// operation, such as one interrupted by a handler, lets others do.
+#[cfg(feature = "test-hooks")]
+impl StackMapIn<'_> {
+    /// Makes the next freelist pop from shard `cpu % nr_cpus` (by any
+    /// operation on this map, on any thread) call `hook(arg)` in the middle
+    /// of that pop: after it read the shard's head and the top slot's link,
+    /// before it swaps the head. The hook fires once, disarms itself before
+    /// it runs (so it may use the map, including that shard), and there is
+    /// one hook slot per process: arming again replaces an unfired hook.
+    ///
+    /// `arg` is passed through untouched; tests pass the address of the
+    /// state the hook needs (which must then outlive the firing pop). On
+    /// the LL/SC targets (thumbv7em, ...) the hook build's pop runs split
+    /// around the call, which is only fit for emulators (see
+    /// `src/freelist.rs`).
+    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(usize), arg: usize) {
+        self.freelist.arm_pop_hook(cpu, hook, arg);
+    }
+
+    /// Bits of ABA tag in this map's freelist heads: a pop can be fooled
+    /// only by `2^tag_bits` pops of its shard during it, except on the
+    /// LL/SC targets, where nothing fools it (see `src/freelist.rs`).
+    pub fn freelist_tag_bits(&self) -> u32 {
+        self.freelist.packing().tag_bits()
+    }
+}
+
 impl Drop for StackMapIn<'_> {
     fn drop(&mut self) {
         // SAFETY: the region is not used after this; drop runs once.

@@ -34,7 +34,15 @@
 //! # Invariants
 //!
 //! - Every slot index `< max_entries` is in exactly one of: the freelist,
-//!   one bucket, one thread's hands.
+//!   one bucket, one thread's hands. This rests on the freelist's ABA
+//!   defence (`freelist.rs`, "ABA: the exact bound"): on thumbv7m,
+//!   thumbv7em and thumbv8m.main a pop can't be fooled at all; elsewhere
+//!   only by `2^T` pops of one shard while one pop is stalled, `T` being
+//!   the head word's bits minus `bit length of max_entries` (at least 32
+//!   with 64-bit atomics, at least 16 on the 32-bit head). Were it fooled,
+//!   a slot would be in a bucket and on the freelist at once, a writer
+//!   could rewrite a published slot, and a reader could spin in `observe`
+//!   on its odd sequence number.
 //! - A slot in a bucket has an even sequence number and is not written.
 //! - A slot in bucket `id` holds a trace whose `hash & (n_buckets - 1)` is
 //!   `id`.
@@ -45,7 +53,8 @@
 //!
 //! `get_stackid` is lock-free: the freelist is, publish is one atomic
 //! read-modify-write, and a read retries only because a writer completed a
-//! change to that bucket or slot in the meantime. It never allocates,
+//! change to that bucket or slot in the meantime (given conservation, see
+//! the invariants: a writer only writes slots no bucket holds). It never allocates,
 //! blocks or panics. The sequence number is 32 bits and moves by 2 per
 //! rewrite of a slot: a read is fooled only if one slot is rewritten 2^31
 //! times while the read is in progress.
@@ -184,8 +193,11 @@ impl<'a> StackMapIn<'a> {
         let new = slot + 1;
         let old = if reuse {
             // AcqRel: Release publishes the slot's words to readers'
-            // Acquire bucket loads; Acquire orders our later push of the
-            // old slot after its previous publisher's writes.
+            // Acquire bucket loads (observe() re-validates under the
+            // sequence number, but lookup_and_delete's swap copies the slot
+            // without it: it pairs with this Release); Acquire orders our
+            // later push of the old slot after its previous publisher's
+            // writes.
             bucket.swap(new, Ordering::AcqRel)
         } else {
             // AcqRel / Acquire: as for the swap above.

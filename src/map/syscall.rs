@@ -105,7 +105,7 @@ impl StackMapIn<'_> {
         if let Some(e) = self.elem(slot) {
             self.copy_out(e, value);
         }
-        self.freelist.push(0, slot);
+        self.free_removed(slot);
         Ok(())
     }
 
@@ -117,8 +117,18 @@ impl StackMapIn<'_> {
         // AcqRel: as in `lookup_and_delete`.
         let old = bucket.swap(0, Ordering::AcqRel);
         let slot = old.checked_sub(1).ok_or(Error::NoEnt)?;
-        self.freelist.push(0, slot);
+        self.free_removed(slot);
         Ok(())
+    }
+
+    /// Gives a slot taken out of its bucket by the syscall side back to the
+    /// freelist. The syscall side has no CPU of its own (the kernel pushes
+    /// to the current CPU's list), so the slot goes to the shard `populate`
+    /// put it on: frees spread over the shards as the slots were at the
+    /// start, instead of piling onto one head (all steal traffic and all
+    /// tag pressure on shard 0), and need no shared counter to do so.
+    fn free_removed(&self, slot: u32) {
+        self.freelist.push(self.freelist.home(slot), slot);
     }
 
     /// `BPF_MAP_GET_NEXT_KEY`: the first occupied id after `key`. No key,

@@ -382,3 +382,46 @@ fn typed_lookups() {
     assert_eq!(got, &[StackBuildId::from_ip(0x10)]);
     assert_eq!(b.lookup_ips(id, &mut [0u64; 8]), Err(Error::Inval));
 }
+
+/// `delete` and `lookup_and_delete` give each slot back to the shard that
+/// `populate` put it on, not all to shard 0 (issue 16, item 3): after a
+/// full map is emptied from the syscall side, every CPU finds its own
+/// share on its own stack without stealing.
+#[test]
+fn syscall_frees_spread_over_the_shards() {
+    let cfg = Config {
+        nr_cpus: 4,
+        ..Config::default()
+    };
+    let m = StackMap::with_config(&attr(8, 8, 0), cfg).unwrap();
+    // Fill it from CPU 0 (which steals from the others once its own is
+    // empty): 8 one-frame stacks with 8 distinct ids.
+    let mut ids = std::vec::Vec::new();
+    for x in 1u64.. {
+        let s = [x * 0x10];
+        let id = crate::trace_hash(&s) & 7;
+        if !ids.contains(&id) {
+            assert_eq!(m.get_stackid(0, &s, 0), Ok(id));
+            ids.push(id);
+            if ids.len() == 8 {
+                break;
+            }
+        }
+    }
+    let mut v = [0u8; 8];
+    for (k, &id) in ids.iter().enumerate() {
+        if k % 2 == 0 {
+            m.delete(id).unwrap();
+        } else {
+            m.lookup_and_delete(id, &mut v).unwrap();
+        }
+    }
+    let fl = m.freelist;
+    for cpu in 0..4 {
+        for _ in 0..2 {
+            let slot = fl.pop(cpu).unwrap();
+            assert_eq!(fl.home(slot), cpu, "CPU {cpu} got slot {slot}");
+        }
+    }
+    assert_eq!(fl.pop(0), None);
+}
