@@ -16,9 +16,12 @@
 
 use std::hint::black_box;
 
+// lookup_and_delete is for the multi-threaded `steal` bench only.
 #[path = "../benches/kernel_port.rs"]
+#[allow(dead_code)]
 mod kernel_port;
 #[path = "../benches/peers.rs"]
+#[allow(dead_code)]
 mod peers;
 #[path = "../benches/workload.rs"]
 mod workload;
@@ -147,6 +150,14 @@ impl peers::StackIdMap for ThpStackMap {
     }
     fn lookup(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), kstackmap::Error> {
         self.0.lookup(id, value)
+    }
+    fn lookup_and_delete(
+        &self,
+        _cpu: usize,
+        id: u32,
+        value: &mut [u8],
+    ) -> Result<(), kstackmap::Error> {
+        self.0.lookup_and_delete(id, value)
     }
 }
 
