@@ -3,16 +3,15 @@
 //!
 //! # Algorithm
 //!
-//! Each CPU owns a Treiber stack (three, in an aging view: see
-//! [Generations](#generations-the-maps-view)). A stack is a single atomic
-//! *head word* (a CPU's heads share a cache line of their own) holding
-//! `{tag, index}` of the top element; each element has a next-link
-//! (`links[i]` = the index below `i`, or `EMPTY`). Where the links live is
-//! the [`Links`] trait's business: a side array of [`AtomicU32`] (the tests,
-//! `OwnedFreeList`), or a word inside each map element (the map: no side
-//! array, as in the kernel, where `fnode` is the element's first field).
-//! No pointers are stored anywhere, so the list can sit in caller-provided
-//! memory, be shared between address spaces, and never allocates.
+//! Each CPU owns one Treiber stack. A stack is a single atomic *head word*
+//! (one per CPU, each on its own cache line) holding `{tag, index}` of the
+//! top element; each element has a next-link (`links[i]` = the index below
+//! `i`, or `EMPTY`). Where the links live is the [`Links`] trait's business:
+//! a side array of [`AtomicU32`] (the tests, `OwnedFreeList`), or a word
+//! inside each map element (the map: no side array, as in the kernel, where
+//! `fnode` is the element's first field). No pointers are stored anywhere,
+//! so the list can sit in caller-provided memory, be shared between address
+//! spaces, and never allocates.
 //!
 //! - `push(cpu, i)`: read the head of `cpu % nr_cpus`, write
 //!   `links[i] = head.index`, CAS the head from `{tag, index}` to
@@ -31,35 +30,13 @@
 //!   on top and is popped first, as in the kernel). [`FreeList::home`] is
 //!   the CPU a given index was put on.
 //!
-//! # Generations (the map's view)
-//!
-//! Each CPU has three stacks, and a `young` word saying which of them
-//! pushes go to. A plain view ([`FreeList::new`]) pushes to and pops from
-//! stack 0, then pops stacks 1 and 2 (which only `populate` and aging views
-//! fill): one Treiber stack per CPU, as above. An *aging* view
-//! ([`FreeList::new_aging`], the map's) treats the three as generations:
-//! pushes go to the young one, pops take from the oldest, then the middle,
-//! then the young one; a pop that finds the oldest empty makes it the
-//! young one (one CAS on `young`; losing it is fine), so the middle
-//! generation becomes the oldest.
-//!
-//! An index freed now is handed out again only after the older free
-//! indices: at least about half the CPU's free list is taken before it
-//! (with two generations an index freed just before a flip would come
-//! straight back, LIFO). So a map element keeps its last stack intact on
-//! the freelist for a while, which lets the hit cache recover that stack's
-//! hash when it comes back (`map/cache.rs`). Which stack an operation
-//! picks never matters for correctness: each is a Treiber stack on its
-//! own with everything below (tag, ABA bound, orderings), and `young` only
-//! steers (any value is safe, so it is read and moved Relaxed).
-//!
 //! The kernel falls back to an extra, locked list when an NMI cannot take a
 //! CPU's lock; a lock-free stack never needs one, so there is none.
 //!
 //! # Invariants
 //!
 //! - Conservation: every index in `0..capacity` is in exactly one place at
-//!   any time: on exactly one stack (reachable from its head through
+//!   any time: on exactly one CPU's stack (reachable from its head through
 //!   `links`), or in the hands of exactly one caller (returned by `pop`, or
 //!   never pushed since `new`/`populate`, and not pushed back yet), within
 //!   the ABA bound below.
@@ -94,10 +71,10 @@
 //! interrupt handler that preempted a `push` or `pop` on the same CPU is
 //! fine (the NMI case the kernel needs trylock for).
 //!
-//! `pop` returns `None` only after it saw every stack of every CPU empty,
-//! each at some moment during the call (not all at the same moment, as in
-//! the kernel): an index pushed to an already-visited stack while `pop`
-//! looks at the others is missed.
+//! `pop` returns `None` only after it saw every CPU's stack empty, each at
+//! some moment during the call (not all at the same moment, as in the
+//! kernel): an index pushed to an already-visited CPU while `pop` looks at
+//! the others is missed.
 //!
 //! # Head word
 //!
@@ -194,43 +171,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU32, HeadAtomic, HeadWord, Ordering, HEAD_INDEX_BITS, HEAD_INDEX_MAX};
 
-/// One CPU's heads, on a cache line of their own: three stack heads (the
-/// generations, see the module docs) and which of them is young. Make them
-/// with [`new_head`].
-pub type Head = CachePadded<CpuHeads>;
-
-/// One CPU's three stack heads and its `young` word; see [`Head`].
-#[derive(Debug)]
-pub struct CpuHeads {
-    /// Three Treiber stacks, each a [`StackHead`] word.
-    stacks: [StackHead; 3],
-    /// The stack an aging view pushes to: 0, 1 or 2 (others count as 2).
-    young: AtomicU32,
-}
-
-/// An aging view's stacks of one CPU, given `young`: the oldest, the
-/// middle and the young one.
-#[inline]
-fn by_age(heads: &CpuHeads, young: u32) -> [&StackHead; 3] {
-    let [s0, s1, s2] = &heads.stacks;
-    match young {
-        0 => [s1, s2, s0],
-        1 => [s2, s0, s1],
-        _ => [s0, s1, s2],
-    }
-}
-
-/// The `young` value that makes the current oldest stack the young one.
-#[inline]
-fn next_young(young: u32) -> u32 {
-    match young {
-        0 => 1,
-        1 => 2,
-        _ => 0,
-    }
-}
-
-/// One stack head: `{tag, index}` packed in one atomic word.
+/// One per-CPU stack head: `{tag, index}` packed in one atomic word, on a
+/// cache line of its own. Make them with [`new_head`].
 ///
 /// Bit layout of the word (`W` = 64 where the target has 64-bit atomics,
 /// 32 elsewhere; `I` = the list's index bits, see [`Packing`]):
@@ -244,7 +186,7 @@ fn next_young(young: u32) -> u32 {
 ///
 /// `index` is the top element, or all ones (`EMPTY`) for an empty stack;
 /// `tag` counts successful pops (mod 2^(W-I)) to defeat ABA.
-pub type StackHead = HeadAtomic;
+pub type Head = CachePadded<HeadAtomic>;
 
 /// The largest number of elements a list can hold on this target:
 /// 2^32 - 2 with 64-bit atomics, 65,534 without. The index field is then
@@ -347,15 +289,11 @@ impl Packing {
     }
 }
 
-/// One CPU's empty heads, for building the `heads` slice of a [`FreeList`]
-/// in memory the caller owns: all ones, which is an empty stack (index
-/// field all ones) for every [`Packing`]; stack 2 young, so stack 0 is the
-/// oldest.
+/// An empty head, for building the `heads` slice of a [`FreeList`] in
+/// memory the caller owns: all ones, which is an empty stack (index field
+/// all ones) for every [`Packing`].
 pub fn new_head() -> Head {
-    CachePadded::new(CpuHeads {
-        stacks: core::array::from_fn(|_| HeadAtomic::new(HeadWord::MAX)),
-        young: AtomicU32::new(2),
-    })
+    CachePadded::new(HeadAtomic::new(HeadWord::MAX))
 }
 
 /// A next-link for the `links` slice of a [`FreeList`]. Its value does not
@@ -383,7 +321,7 @@ pub trait Links: Copy {
     /// `i >= len()`.
     fn store(&self, i: u32, next: u32);
     /// For the exclusive pop's `asm!`: link `i < len()` is the `AtomicU32`
-    /// at byte address `base + i * stride`.
+    /// at byte address `base + i * stride`, accessed only atomically.
     #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
     fn raw(&self) -> (*const u32, u32);
 }
@@ -436,7 +374,7 @@ impl Links for &[AtomicU32] {
 ///   the map ensure).
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
-    /// One CPU's stack heads each.
+    /// One stack head per CPU.
     heads: &'a [Head],
     /// Link of `i`: the index below `i` on its stack, or `EMPTY`.
     /// Meaningful only while `i` is on a stack.
@@ -445,9 +383,6 @@ pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
     n: u32,
     /// How head words are split into tag and index.
     pk: Packing,
-    /// Push to the young stack and pop the oldest first (see the module
-    /// docs); a plain view pushes to stack 0.
-    aging: bool,
 }
 
 impl<'a, L: Links + 'a> FreeList<'a, L> {
@@ -475,18 +410,6 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
             links,
             n,
             pk,
-            aging: false,
-        }
-    }
-
-    /// [`new`](Self::new), but an aging view: pushes go to each CPU's young
-    /// stack and pops take from its oldest one first, so a freed index is
-    /// reused after the older free ones (see the module docs). Views of
-    /// either kind may share memory; they only order things differently.
-    pub fn new_aging(heads: &'a [Head], links: L) -> Self {
-        FreeList {
-            aging: true,
-            ..Self::new(heads, links)
         }
     }
 
@@ -555,12 +478,6 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// one more on each of the first `n % nr_cpus` CPUs, consecutive ranges
     /// in CPU order, each range's highest index on top.
     ///
-    /// Each CPU's range is split over two stacks, the upper half on stack 0
-    /// (the oldest generation of an aging view) and the lower half on stack
-    /// 1 (the middle one): both kinds of view pop them in the order a single
-    /// stack would (stack 0, then stack 1), and an aging view starts with
-    /// two generations, so it delays reuse from the first pops on.
-    ///
     /// This resets the list: whatever it held before is forgotten (tags are
     /// kept). Not to be run concurrently with anything else on the same
     /// memory; call it before the list is shared.
@@ -575,26 +492,19 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
         for (cpu, head) in self.heads.iter().enumerate() {
             let count = per_cpu + usize::from(cpu < extra);
             let end = start + count; // <= n: the counts sum to n
-            let mid = start + count / 2;
-            // Stack 1 gets start..mid, stack 0 mid..end, stack 2 nothing.
-            let ranges = [mid..end, start..mid, end..end];
-            for (stack, range) in head.stacks.iter().zip(ranges) {
-                let mut top = EMPTY;
-                for i in range {
-                    // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
-                    let i = u32::try_from(i).unwrap_or(EMPTY);
-                    // Not concurrent with anything; publishing the list
-                    // (spawn, Release store of a pointer) orders it.
-                    self.links.store(i, top);
-                    top = i;
-                }
-                // Relaxed: not concurrent with anything (see the link store).
-                let old = stack.load(Ordering::Relaxed);
-                // Relaxed: as above; the list is not shared yet.
-                stack.store(self.pk.with_index(old, top), Ordering::Relaxed);
+            let mut top = EMPTY;
+            for i in start..end {
+                // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
+                let i = u32::try_from(i).unwrap_or(EMPTY);
+                // Not concurrent with anything; publishing the list (spawn,
+                // Release store of a pointer) orders it for readers.
+                self.links.store(i, top);
+                top = i;
             }
-            // Relaxed: as above. Stack 0 is the oldest, 1 the middle.
-            head.young.store(2, Ordering::Relaxed);
+            // Relaxed: not concurrent with anything (see the link store).
+            let old = head.load(Ordering::Relaxed);
+            // Relaxed: as above; the list is not shared yet.
+            head.store(self.pk.with_index(old, top), Ordering::Relaxed);
             start = end;
         }
     }
@@ -607,20 +517,12 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// a caller bug: it trips a `debug_assert` and is otherwise ignored.
     #[inline]
     pub fn push(&self, cpu: usize, idx: u32) {
-        let heads = cpu
+        let head = cpu
             .checked_rem(self.heads.len())
             .and_then(|c| self.heads.get(c));
-        let (true, Some(heads)) = (idx < self.n, heads) else {
+        let (true, Some(head)) = (idx < self.n, head) else {
             debug_assert!(false, "push of index {idx} out of range or no CPUs");
             return;
-        };
-        let head = if self.aging {
-            // Relaxed: `young` only steers (any stack is a valid one).
-            let [_, _, young] = by_age(heads, heads.young.load(Ordering::Relaxed));
-            young
-        } else {
-            let [s0, _, _] = &heads.stacks;
-            s0
         };
         // Relaxed: only a guess at the expected value; the CAS below checks it.
         let mut cur = head.load(Ordering::Relaxed);
@@ -654,36 +556,18 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     pub fn pop(&self, cpu: usize) -> Option<u32> {
         let nr_cpus = self.heads.len();
         let start = cpu.checked_rem(nr_cpus)?;
-        // CPUs `start..nr_cpus` then `0..start`: for_each_cpu_wrap(start).
-        let (before, from) = self.heads.split_at_checked(start)?;
-        from.iter()
-            .chain(before)
-            .find_map(|heads| self.pop_cpu(heads))
-    }
-
-    /// Pop from one CPU's stacks: a plain view in index order, an aging
-    /// one from the oldest generation to the young one (making the oldest
-    /// the young one if it is empty). `None` if all were seen empty.
-    #[inline]
-    fn pop_cpu(&self, heads: &CpuHeads) -> Option<u32> {
-        if !self.aging {
-            return heads.stacks.iter().find_map(|s| self.pop_one(s));
-        }
-        // Relaxed: `young` only steers (see the module docs).
-        let young = heads.young.load(Ordering::Relaxed);
-        let [oldest, middle, newest] = by_age(heads, young);
-        if let Some(i) = self.pop_one(oldest) {
+        // The caller's own CPU first: the common case, without the
+        // iterator below.
+        if let Some(i) = self.pop_one(self.heads.get(start)?) {
             return Some(i);
         }
-        // The oldest generation is used up: it becomes the young one.
-        // Relaxed: steering only; a lost race means someone moved it.
-        let _ = heads.young.compare_exchange(
-            young,
-            next_young(young),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        self.pop_one(middle).or_else(|| self.pop_one(newest))
+        // Then CPUs `start + 1..nr_cpus` and `0..start`: the rest of
+        // for_each_cpu_wrap(start).
+        let (before, from) = self.heads.split_at_checked(start)?;
+        from.get(1..)?
+            .iter()
+            .chain(before)
+            .find_map(|head| self.pop_one(head))
     }
 
     /// Makes the next pop of CPU `cpu % nr_cpus()`'s stack (by any view
@@ -736,7 +620,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// bound in the module docs. On LL/SC targets `pop_one_llsc` replaces
     /// this CAS loop, and no number of T2's operations fools it.
     #[inline]
-    fn pop_one(&self, head: &StackHead) -> Option<u32> {
+    fn pop_one(&self, head: &Head) -> Option<u32> {
         #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
         {
             self.pop_one_llsc(head)
@@ -750,7 +634,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// `pop_one` with a compare-and-swap (every target but the LL/SC ones).
     #[cfg_attr(all(kstackmap_llsc, not(loom), not(miri)), allow(dead_code))]
     #[inline]
-    fn pop_one_cas(&self, head: &StackHead) -> Option<u32> {
+    fn pop_one_cas(&self, head: &Head) -> Option<u32> {
         // Acquire: pairs with the Release CAS of the push that put this index
         // on top (every later CAS on the head is an RMW, so continues that
         // release sequence), making its link store visible to the load below.
@@ -798,7 +682,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// the handler.
     #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
     #[inline]
-    fn pop_one_llsc(&self, head: &StackHead) -> Option<u32> {
+    fn pop_one_llsc(&self, head: &Head) -> Option<u32> {
         let n = self.capacity();
         // `mask` fits in u32 (index bits <= 16 here) and is >= n.
         let mask = self.pk.index_of(HeadWord::MAX);
@@ -873,7 +757,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// DEFINED), so this may retry forever on silicon: it is for emulators
     /// (qemu clears the monitor only on CLREX, STREX and exceptions).
     #[cfg(all(kstackmap_llsc, not(loom), not(miri), feature = "test-hooks"))]
-    fn pop_one_llsc_split(&self, head: &StackHead, n: u32, mask: u32) -> Option<u32> {
+    fn pop_one_llsc_split(&self, head: &Head, n: u32, mask: u32) -> Option<u32> {
         loop {
             let cur: u32;
             // SAFETY: a load-exclusive of a valid, aligned u32 that is only
@@ -929,10 +813,9 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
 mod hook {
     use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-    use super::{CpuHeads, Head, StackHead};
+    use super::Head;
 
-    /// The address of the armed CPU's heads; 0 when disarmed. A pop from
-    /// any of its stacks fires the hook.
+    /// The address of the armed head; 0 when disarmed.
     static HEAD: AtomicUsize = AtomicUsize::new(0);
     /// The hook, a `fn(usize)` as a pointer.
     static FUNC: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
@@ -944,20 +827,17 @@ mod hook {
         HEAD.store(0, Ordering::SeqCst);
         FUNC.store(f as *mut (), Ordering::SeqCst);
         ARG.store(arg, Ordering::SeqCst);
-        HEAD.store(&**head as *const CpuHeads as usize, Ordering::SeqCst);
+        HEAD.store(head as *const Head as usize, Ordering::SeqCst);
     }
 
-    /// Calls the hook if it is armed for the CPU whose stack `head` is,
-    /// disarming it first.
+    /// Calls the hook if it is armed for `head`, disarming it first.
     #[inline]
-    pub(super) fn fire(head: &StackHead) {
-        let at = head as *const StackHead as usize;
+    pub(super) fn fire(head: &Head) {
+        let me = head as *const Head as usize;
         // Relaxed: a cheap filter; the swap below decides.
-        let armed = HEAD.load(Ordering::Relaxed);
-        let mine = armed != 0 && (armed..armed + size_of::<CpuHeads>()).contains(&at);
-        if !mine
+        if HEAD.load(Ordering::Relaxed) != me
             || HEAD
-                .compare_exchange(armed, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange(me, 0, Ordering::SeqCst, Ordering::Relaxed)
                 .is_err()
         {
             return;
@@ -1036,12 +916,6 @@ impl OwnedFreeList {
     pub fn list(&self) -> FreeList<'_> {
         FreeList::new(&self.heads, &self.links[..])
     }
-
-    /// An aging view ([`FreeList::new_aging`]) of the same list.
-    #[inline]
-    pub fn aging_list(&self) -> FreeList<'_> {
-        FreeList::new_aging(&self.heads, &self.links[..])
-    }
 }
 
 #[cfg(all(test, feature = "alloc"))]
@@ -1077,14 +951,13 @@ mod tests {
             .collect()
     }
 
-    /// Pop each CPU's own stacks alone (no stealing) by reading the heads,
-    /// in a plain view's order.
+    /// Pop each CPU's own stack alone (no stealing) by reading the heads.
     fn stacks(list: FreeList<'_>) -> Vec<Vec<u32>> {
         list.heads
             .iter()
             .map(|head| {
                 let mut s = Vec::new();
-                while let Some(i) = list.pop_cpu(head) {
+                while let Some(i) = list.pop_one(head) {
                     s.push(i);
                 }
                 s.reverse(); // bottom first
@@ -1159,13 +1032,11 @@ mod tests {
         let top = pk.with_index(HeadWord::MAX, 7);
         assert_eq!(pk.tag_of(top), HeadWord::MAX >> 5);
         assert_eq!(pk.bumped(top, 2), 2);
-        // A fresh head is empty for every packing, all three stacks.
-        for stack in &new_head().stacks {
-            let fresh = stack.load(core::sync::atomic::Ordering::SeqCst);
-            for bits in 1..w {
-                let pk = Packing::with_index_bits(bits);
-                assert!(pk.is_empty(pk.index_of(fresh)), "{bits}");
-            }
+        // A fresh head is empty for every packing.
+        let fresh = new_head().load(core::sync::atomic::Ordering::SeqCst);
+        for bits in 1..w {
+            let pk = Packing::with_index_bits(bits);
+            assert!(pk.is_empty(pk.index_of(fresh)), "{bits}");
         }
     }
 
@@ -1174,7 +1045,7 @@ mod tests {
         use core::sync::atomic::Ordering::SeqCst;
         let l = OwnedFreeList::new_populated(1, 3).unwrap();
         let list = l.list();
-        let (pk, head) = (list.pk, &list.heads[0].stacks[0]);
+        let (pk, head) = (list.pk, &list.heads[0]);
         // Move the tag to its largest value; the next pop wraps it to 0.
         head.store(
             pk.with_index(HeadWord::MAX, pk.index_of(head.load(SeqCst))),
@@ -1413,105 +1284,6 @@ mod tests {
     }
 
     #[test]
-    fn aging_reuses_the_oldest_generation_first() {
-        let l = OwnedFreeList::new_populated(1, 4).unwrap();
-        let list = l.aging_list();
-        // populate: [2, 3] oldest (3 on top), [0, 1] middle.
-        assert_eq!(list.pop(0), Some(3));
-        list.push(0, 3); // young: not handed out before 2, 1, 0
-        assert_eq!(list.pop(0), Some(2));
-        list.push(0, 2);
-        // The oldest is used up: it becomes the young one, [0, 1] the oldest.
-        assert_eq!(list.pop(0), Some(1));
-        assert_eq!(list.pop(0), Some(0));
-        // Again: [3, 2] (2 on top) is the oldest now.
-        assert_eq!(list.pop(0), Some(2));
-        list.push(0, 0);
-        list.push(0, 1);
-        assert_eq!(list.pop(0), Some(3), "older than 0 and 1");
-        assert_eq!(list.pop(0), Some(1));
-        assert_eq!(list.pop(0), Some(0));
-        assert_eq!(list.pop(0), None);
-        // A plain view of the same memory sees every stack too.
-        list.push(0, 2);
-        assert_eq!(l.list().pop(0), Some(2));
-        list.push(0, 3);
-        list.push(0, 2);
-        assert_conserved(l.list(), vec![0, 1]);
-        // Stealing takes another CPU's oldest generation first, too.
-        let l = OwnedFreeList::new_populated(2, 4).unwrap(); // [0, 1] [2, 3]
-        let list = l.aging_list();
-        assert_eq!(list.pop(1), Some(3));
-        list.push(1, 3);
-        assert_eq!(list.pop(1), Some(2));
-        assert_eq!(list.pop(0), Some(1));
-        assert_eq!(list.pop(0), Some(0));
-        assert_eq!(list.pop(0), Some(3), "stolen from CPU 1's young stack");
-        assert_eq!(list.pop(0), None);
-        assert_conserved(list, vec![0, 1, 2, 3]);
-    }
-
-    /// The point of the generations: in a steady churn (pop one, push the
-    /// one popped before), an index comes back only after at least half
-    /// of the free list has been handed out; a plain view hands the last
-    /// pushed index straight back.
-    #[test]
-    fn aging_delays_reuse() {
-        let n = if cfg!(miri) { 16 } else { 64 };
-        for aging in [false, true] {
-            let l = OwnedFreeList::new_populated(1, n).unwrap();
-            let list = if aging { l.aging_list() } else { l.list() };
-            let mut pushed_at = vec![None; n as usize];
-            let mut held = list.pop(0).unwrap();
-            let mut min_gap = usize::MAX;
-            for t in 0..20 * n as usize {
-                let i = list.pop(0).unwrap();
-                if let Some(at) = pushed_at[i as usize] {
-                    min_gap = min_gap.min(t - at);
-                }
-                list.push(0, held);
-                pushed_at[held as usize] = Some(t);
-                held = i;
-            }
-            let free = n as usize - 1;
-            if aging {
-                assert!(min_gap >= free / 2, "reused after {min_gap} of {free}");
-            } else {
-                assert_eq!(min_gap, 1, "LIFO");
-            }
-            assert_conserved(list, vec![held]);
-        }
-    }
-
-    /// The test hook fires in whichever of the armed CPU's stacks the next
-    /// pop takes from (here the middle one, an aging view's oldest being
-    /// empty), and only there.
-    #[test]
-    fn pop_hook_fires_on_any_stack_of_its_cpu() {
-        static FIRED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        fn count(_: usize) {
-            FIRED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        let _turn = HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        // CPU 0: [1] oldest, [0] middle; CPU 1: [3] oldest, [2] middle.
-        let l = OwnedFreeList::new_populated(2, 4).unwrap();
-        let list = l.aging_list();
-        assert_eq!(list.pop(1), Some(3)); // CPU 1's oldest is now empty
-        list.arm_pop_hook(1, count, 0);
-        assert_eq!(list.pop(0), Some(1));
-        assert_eq!(FIRED.load(std::sync::atomic::Ordering::SeqCst), 0);
-        assert_eq!(list.pop(1), Some(2));
-        assert_eq!(FIRED.load(std::sync::atomic::Ordering::SeqCst), 1);
-        list.push(1, 2);
-        assert_eq!(list.pop(1), Some(2));
-        assert_eq!(
-            FIRED.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "fires once"
-        );
-    }
-
-    #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "out of range"))]
     fn push_out_of_range_is_ignored() {
         let l = OwnedFreeList::new_populated(2, 3).unwrap();
@@ -1538,7 +1310,7 @@ mod tests {
     /// random CPUs, each holding up to a few indices at a time; a shared
     /// "held" bit per index catches any index popped twice without a push
     /// in between. At the end every index must be on the list exactly once.
-    fn stress(threads: usize, total_pairs: usize, nr_cpus: usize, n: u32, aging: bool) {
+    fn stress(threads: usize, total_pairs: usize, nr_cpus: usize, n: u32) {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let owned = Arc::new(OwnedFreeList::new_populated(nr_cpus, n).unwrap());
         let held: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
@@ -1547,11 +1319,7 @@ mod tests {
             .map(|t| {
                 let (owned, held) = (owned.clone(), held.clone());
                 thread::spawn(move || {
-                    let list = if aging {
-                        owned.aging_list()
-                    } else {
-                        owned.list()
-                    };
+                    let list = owned.list();
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
                     let mut hand: Vec<u32> = Vec::new();
                     let mut misses = 0usize;
@@ -1585,8 +1353,7 @@ mod tests {
     }
 
     /// 2..=8 threads, 1,000,000 pop/push pairs in total per run (under Miri:
-    /// 2..=3 threads, 300 pairs); aging views at even thread counts, plain
-    /// ones at odd.
+    /// 2..=3 threads, 300 pairs).
     #[test]
     fn stress_conservation() {
         let (threads, pairs) = if cfg!(miri) {
@@ -1596,7 +1363,7 @@ mod tests {
         };
         for t in threads {
             // Few elements over few CPUs: lots of contention and stealing.
-            stress(t, pairs, 3, 2 * t as u32 + 1, t % 2 == 0);
+            stress(t, pairs, 3, 2 * t as u32 + 1);
         }
     }
 }

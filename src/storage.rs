@@ -3,17 +3,18 @@
 //! A map is one block of memory, carved into four arrays:
 //!
 //! ```text
-//! +----------------+-------------+---------------+---------------------------------------+
-//! | heads          | buckets     | hit cache     | elements (8-byte aligned)             |
-//! | nr_cpus x Head | n_buckets x | n_cache x     | max_entries x (16 B header            |
-//! | (cache-padded) | AtomicU32   | AtomicU32     |               + value_size B of data) |
-//! +----------------+-------------+---------------+---------------------------------------+
+//! +----------------+-------------+----------------+---------------------------------------+
+//! | heads          | buckets     | hit cache      | elements                              |
+//! | nr_cpus x Head | n_buckets x | n_cache x      | max_entries x (16 B header            |
+//! | (cache-padded) | AtomicU32   | ElemAtomic     |               + value_size B of data) |
+//! +----------------+-------------+----------------+---------------------------------------+
+//!                                ^ 8-byte aligned ^ 8-byte aligned
 //! ```
 //!
 //! Elements are [`ElemAtomic`] words (`map/elem.rs`); the freelist's links
-//! live in their headers. The hit cache (`map/cache.rs`) has
-//! `2 * n_buckets` entries on ips maps (8 bytes per bucket) and none on
-//! build-id maps.
+//! live in their headers. The hit cache (`map/cache.rs`) has 8 bytes per
+//! bucket of [`ElemAtomic`] entries on ips maps (`n_buckets` 64-bit or
+//! `2 * n_buckets` 32-bit ones) and none on build-id maps.
 //!
 //! The block is either allocated by [`StackMap::new`](crate::StackMap::new)
 //! (feature `alloc`) or handed over by the caller
@@ -76,10 +77,12 @@ impl Layout {
         // The word's value size, not the atomic's: loom's atomics are
         // bigger than the integers they model.
         let stride = HDR_WORDS + g.attr.value_size as usize / size_of::<ElemWord>();
-        let n_cache = if g.build_id() {
-            0
-        } else {
-            (g.n_buckets as usize).checked_mul(2).ok_or(Error::NoMem)?
+        let n_cache = match (g.n_buckets as usize).checked_mul(8 / size_of::<ElemWord>()) {
+            // No cache on build-id maps, nor below one set of two ways.
+            _ if g.build_id() => 0,
+            Some(n) if n < 2 => 0,
+            Some(n) => n,
+            None => return Err(Error::NoMem),
         };
         let heads = g
             .nr_cpus
@@ -88,15 +91,20 @@ impl Layout {
         let buckets = (g.n_buckets as usize)
             .checked_mul(word)
             .ok_or(Error::NoMem)?;
-        let cache = n_cache.checked_mul(word).ok_or(Error::NoMem)?;
+        let cache = n_cache
+            .checked_mul(size_of::<ElemAtomic>())
+            .ok_or(Error::NoMem)?;
         let elems = max_entries
             .checked_mul(stride)
             .and_then(|w| w.checked_mul(size_of::<ElemAtomic>()))
             .ok_or(Error::NoMem)?;
-        // Heads come first (largest alignment), then the u32 arrays, then
-        // the elements, rounded up to ELEMS_ALIGN.
+        // Heads come first (largest alignment), then the buckets, then the
+        // cache and the elements, each rounded up to ELEMS_ALIGN.
         let buckets_at = heads;
-        let cache_at = buckets_at.checked_add(buckets).ok_or(Error::NoMem)?;
+        let cache_at = buckets_at
+            .checked_add(buckets)
+            .and_then(|e| e.checked_next_multiple_of(ELEMS_ALIGN))
+            .ok_or(Error::NoMem)?;
         let elems_at = cache_at
             .checked_add(cache)
             .and_then(|e| e.checked_next_multiple_of(ELEMS_ALIGN))
@@ -133,11 +141,11 @@ impl Layout {
 pub(crate) struct Region<'a> {
     pub heads: &'a [Head],
     pub buckets: &'a [AtomicU32],
-    pub cache: &'a [AtomicU32],
+    pub cache: &'a [ElemAtomic],
     pub elems: &'a [ElemAtomic],
     raw_heads: *mut [Head],
-    raw_words: [*mut [AtomicU32]; 2],
-    raw_elems: *mut [ElemAtomic],
+    raw_buckets: *mut [AtomicU32],
+    raw_elem_words: [*mut [ElemAtomic]; 2],
 }
 
 impl<'a> Region<'a> {
@@ -153,16 +161,18 @@ impl<'a> Region<'a> {
         let n_elem_words = g.attr.max_entries as usize * layout.stride;
         // SAFETY (all four calls): the offsets come from `layout`, which
         // places each array inside the block, suitably aligned (heads at
-        // offset 0 of an ALIGN-aligned base; u32 words at multiples of 4
-        // after arrays whose sizes are multiples of 4; elements at a
-        // multiple of ELEMS_ALIGN, itself a multiple of ElemAtomic's
-        // alignment, from a base aligned to at least ELEMS_ALIGN); the caller gives us the block
-        // exclusively for 'a.
+        // offset 0 of an ALIGN-aligned base; buckets, u32 words, right after
+        // the heads, whose size is a multiple of their alignment; the cache
+        // and the elements at multiples of ELEMS_ALIGN, itself a multiple of
+        // ElemAtomic's alignment, from a base aligned to at least
+        // ELEMS_ALIGN); the caller gives us the block exclusively for 'a.
         let (raw_heads, buckets, cache, elems) = unsafe {
             (
                 init_slice(base, g.nr_cpus, freelist::new_head),
                 init_slice(base.add(layout.buckets), g.n_buckets as usize, word),
-                init_slice(base.add(layout.cache), layout.n_cache, word),
+                init_slice(base.add(layout.cache), layout.n_cache, || {
+                    ElemAtomic::new(0)
+                }),
                 init_slice(base.add(layout.elems), n_elem_words, || ElemAtomic::new(0)),
             )
         };
@@ -176,8 +186,8 @@ impl<'a> Region<'a> {
                 cache: &*cache,
                 elems: &*elems,
                 raw_heads,
-                raw_words: [buckets, cache],
-                raw_elems: elems,
+                raw_buckets: buckets,
+                raw_elem_words: [cache, elems],
             }
         }
     }
@@ -195,14 +205,14 @@ impl<'a> Region<'a> {
             unsafe { core::ptr::drop_in_place(self.raw_heads) };
         }
         if core::mem::needs_drop::<AtomicU32>() {
-            for raw in self.raw_words {
+            // SAFETY: as above.
+            unsafe { core::ptr::drop_in_place(self.raw_buckets) };
+        }
+        if core::mem::needs_drop::<ElemAtomic>() {
+            for raw in self.raw_elem_words {
                 // SAFETY: as above.
                 unsafe { core::ptr::drop_in_place(raw) };
             }
-        }
-        if core::mem::needs_drop::<ElemAtomic>() {
-            // SAFETY: as above.
-            unsafe { core::ptr::drop_in_place(self.raw_elems) };
         }
     }
 }

@@ -214,9 +214,9 @@ fn cache_probe_vs_link_store() {
 
 /// An entry can hold any value: stale, overwritten by a racing refresh,
 /// or torn (an entry is one word, so "torn" is just another value). Each
-/// forged value (naming every slot and one past them, with A's check bits) leaves every
-/// result as it would be: A's id, while a writer replaces the stack in the
-/// slot the entry names.
+/// forged value (every slot and one past them, each with A's bucket, B's
+/// or none, and A's check bits) leaves every result as it would be: A's
+/// id, while a writer replaces the stack in the slot the entry names.
 #[test]
 fn cache_forged_entry() {
     // 3 slots, 4 buckets: A in x, B and B2 in y, A's first frame alone in
@@ -232,23 +232,24 @@ fn cache_forged_entry() {
     let y = (x + 1) % 4;
     let b = stack_in(y, 4, 0x300);
     let b2 = stack_in(y, 4, 0x400);
-    for slot in 0..4 {
+    // Every slot and one past them, naming A's bucket, B's, or none.
+    for (slot, id) in (0..4).flat_map(|slot| [x, y, 4].map(|id| (slot, id))) {
         model("cache_forged_entry", move || {
             let map = Arc::new(map(3));
             assert_eq!(map.get_stackid(0, &a, 0), Ok(x));
             assert_eq!(map.get_stackid(0, &b, 0), Ok(y));
-            map.cache_forge(&a, slot);
+            map.cache_forge(&a, slot, id);
             let (r, w) = race(
                 &map,
                 move |m| m.get_stackid(0, &a, 0),
                 move |m| m.get_stackid(0, &b2, BPF_F_REUSE_STACKID),
             );
-            assert_eq!((r, w), (Ok(x), Ok(y)), "entry forged to slot {slot}");
+            assert_eq!((r, w), (Ok(x), Ok(y)), "entry forged to {slot}, {id}");
             assert_eq!(read(&map, x), Ok(a));
             assert_eq!(read(&map, y), Ok(b2));
             // A shorter stack whose frames start A's, its entry naming the
             // slot that holds A: the lengths differ, so it is not A.
-            map.cache_forge(&short, slot);
+            map.cache_forge(&short, slot, id);
             assert_eq!(map.get_stackid(0, &short, 0), Ok(bs));
             assert_eq!(audit(map), (3, 0));
         });

@@ -12,42 +12,65 @@
 //!
 //! # Entries
 //!
-//! `2 * n_buckets` entries (8 bytes per bucket) on ips maps, each one
-//! `AtomicU32`, indexed by the low bits of the pre-hash `h`:
+//! 8 bytes per bucket on ips maps, as [`ElemAtomic`] words: `n_buckets`
+//! 64-bit entries where the target has 64-bit atomics, `2 * n_buckets`
+//! 32-bit ones elsewhere, in sets of two (one cache line holds 4 or 8
+//! sets), the set chosen by the low bits of the pre-hash `h`. An entry
+//! names a slot *and* its bucket, so that the probe's two loads (the
+//! slot's words, the bucket) go out at once instead of one after the
+//! other:
 //!
 //! ```text
-//!  31              S   S-1           0      S = log2(n_buckets) (slots are < n_buckets)
-//! +-----------------+---------------+
-//! |   check bits    |     slot      |      check = high half of h, bits S..32
-//! +-----------------+---------------+      index = h & (2 * n_buckets - 1)
+//!  W-1            2S   2S-1        S   S-1        0     W = 64 (or 32), S = log2(n_buckets)
+//! +----------------+----------------+-------------+
+//! |   check bits   |   bucket id    |    slot     |     check = the same bits of h
+//! +----------------+----------------+-------------+     (of h >> 32 for W = 32)
 //! ```
 //!
-//! One 32-bit word on every target: an entry is never torn, and thumbv7em
-//! (no 64-bit atomics) runs the same code. Check bits only save useless
-//! verifications (32 - S of them: 18 at 16,384 buckets); correctness never
-//! depends on them. Build-id maps have no entries (see below).
+//! Slots and ids are below `n_buckets`, so `S` bits hold each. `2S <= W`:
+//! `S <= 31` with 64-bit words, and 32-bit words come with the 32-bit
+//! freelist head, which caps maps at 65,534 elements (`S <= 16`). An entry
+//! is one word: never torn. Check bits only save useless verifications
+//! (`W - 2S` of them: 36 at 16,384 buckets); correctness never depends on
+//! them, nor on anything else in an entry. Build-id maps (and maps of one
+//! bucket, too small for a set) have no entries (see below).
+//!
+//! Two ways per set, because one would thrash: 4,096 resident stacks in
+//! 16,384 direct-mapped entries share an entry with another stack about
+//! 22% of the time, and such pairs evict each other on every other call.
+//! The refresh overwrites, in this order, the way that already names this
+//! stack (same check bits), a way whose bucket no longer holds its slot
+//! (one Relaxed bucket load each: the slow path can afford them), or the
+//! way a bit of `h` picks.
 //!
 //! # Protocol
 //!
 //! `probe` (every ips-map `get_stackid`, before `jhash2`; writes nothing):
-//! 1. Load the entry (Relaxed). Check bits differ: miss.
+//! 1. Load the set's two entries (Relaxed). Neither has the check bits:
+//!    miss.
 //! 2. Read the named slot under its sequence number (`seq` even and the
 //!    same before and after, with the fences of `observe`; no retry):
-//!    its `(hash, nr)`, bucket `id = hash & (n_buckets - 1)` (loaded before
-//!    the frames, so the two cache misses overlap) and every frame. A slot
-//!    that changed meanwhile, or holds other frames: miss.
-//! 3. One complete version of the slot held exactly these frames. If
-//!    bucket `id` named this slot while it did: **hit**, return `id`.
-//! 4. Otherwise the slot is off its bucket (a stack that was replaced or
-//!    deleted and comes back while its old element is intact on the
-//!    freelist, which ages free elements for that: `freelist.rs`): its
-//!    `hash` is the frames' `jhash2` (E1), and the slow path starts from it
-//!    instead of computing `jhash2`.
+//!    the named bucket (loaded first, so that its cache miss overlaps the
+//!    slot's), the slot's `(hash, nr)` and every frame. A slot that
+//!    changed meanwhile, or holds other frames: miss.
+//! 3. One complete version of the slot held exactly these frames. If the
+//!    named bucket `id` held this slot while it did: **hit**, return `id`
+//!    (by E2 below, `id` is then the frames' bucket whatever the entry
+//!    said).
+//! 4. Otherwise the slot is off that bucket (a stack that was replaced or
+//!    deleted and comes back while its old element is still intact on the
+//!    freelist, or an entry with a wrong id): its `hash` is the frames'
+//!    `jhash2` (E1), and the slow path starts from it instead of computing
+//!    `jhash2`. This costs nothing the validated read did not already do.
+//!    (Free elements are reused LIFO, so it is rare; a freelist that aged
+//!    its elements to make it common made REUSE churn cheaper in
+//!    instructions but slower in time: every store then wrote a cold
+//!    element. See docs/benchmarks.md.)
 //!
 //! The slow path is `__bpf_get_stackid` (stackid.rs). When it returns
-//! `Ok(id)` (a hit or a store) it **refreshes** the entry to name the slot
-//! now in bucket `id` (a Relaxed store, skipped if the entry already says
-//! so). `Exist` and `NoMem` leave it alone.
+//! `Ok(id)` (a hit or a store) it **refreshes** a way of the set to name
+//! bucket `id` and the slot now in it (a Relaxed store, skipped if a way
+//! already says so). `Exist` and `NoMem` leave the set alone.
 //!
 //! # Invariants
 //!
@@ -82,32 +105,44 @@
 
 use super::StackMapIn;
 use crate::hash::stack::StackHasher;
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, ElemAtomic, ElemWord, Ordering};
 
 /// The pre-hash. The seed is fixed: a crafted set of stacks that share an
 /// entry only makes each other miss, which costs what the map cost with no
 /// cache; and a constant seed lets the secrets fold into the code.
 const PRE_HASH: StackHasher = StackHasher::new(0x6b73_7461_636b_6d61);
 
+/// Bits in an entry.
+const W: u32 = ElemWord::BITS;
+
 /// The hit cache's entries (none on build-id maps).
 ///
 /// # Invariants
 ///
-/// `entries.len()` is 0 or a power of two; `slot_mask = n_buckets - 1`.
+/// `entries.len()` is 0 or a power of two, at least 2 (sets of two
+/// ways); `s = log2(n_buckets)` with `2 * s <= W`; `field = 2^s - 1`;
+/// `check_mask` is every bit from `2 * s` up.
 #[derive(Clone, Copy)]
 pub(super) struct Cache<'a> {
-    entries: &'a [AtomicU32],
-    slot_mask: u32,
+    entries: &'a [ElemAtomic],
+    s: u32,
+    field: ElemWord,
+    check_mask: ElemWord,
 }
 
 /// Where a probe looked, and what it saw there (for the refresh).
 pub(super) struct Key {
-    index: usize,
-    check: u32,
-    seen: u32,
+    /// Index of the set's first way in `entries`.
+    set: usize,
+    check: ElemWord,
+    /// The set's two entries as the probe loaded them.
+    seen: [ElemWord; 2],
+    /// The way to overwrite when no other rule picks one.
+    way: usize,
 }
 
 /// What a probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Probe {
     /// Bucket `id` held exactly these frames: the answer.
     Hit(u32),
@@ -118,47 +153,94 @@ pub(super) enum Probe {
 }
 
 impl<'a> Cache<'a> {
-    /// A cache over `entries` for a map of `n_buckets` buckets.
-    pub(super) fn new(entries: &'a [AtomicU32], n_buckets: u32) -> Self {
-        // INVARIANT: truncated to a power of two (storage.rs makes 0 or
-        // 2 * n_buckets entries, so this never shrinks it).
-        let n = match entries.len() {
-            0 => 0,
-            n => 1 << n.ilog2(),
+    /// A cache over `entries` for a map of `n_buckets` buckets (a power of
+    /// two).
+    pub(super) fn new(entries: &'a [ElemAtomic], n_buckets: u32) -> Self {
+        let s = n_buckets.trailing_zeros();
+        // INVARIANT: 2s <= W: with 64-bit words s <= 31; 32-bit words come
+        // with MAX_ELEMS = 65,534 (s <= 16). Anything else gets no cache.
+        let entries = if 2 * s > W {
+            &[]
+        } else {
+            // Truncated to a power of two, and none if below a set
+            // (storage.rs makes 0 or 8 bytes per bucket: a power of two,
+            // below 2 only for one 64-bit entry).
+            let n = match entries.len() {
+                0 | 1 => 0,
+                n => 1 << n.ilog2(),
+            };
+            entries.get(..n).unwrap_or_default()
         };
         Cache {
-            entries: entries.get(..n).unwrap_or_default(),
-            slot_mask: n_buckets.wrapping_sub(1),
+            entries,
+            s,
+            field: ((1 as ElemWord) << s).wrapping_sub(1),
+            check_mask: ElemWord::MAX.checked_shl(2 * s).unwrap_or(0),
         }
     }
 
     /// The entries (for `mem_usage`).
-    pub(super) fn entries(&self) -> &'a [AtomicU32] {
+    pub(super) fn entries(&self) -> &'a [ElemAtomic] {
         self.entries
     }
 
-    /// The key of `ips` and the entry it selects; `None` without a cache.
+    /// The key of `ips` and the set it selects; `None` without a cache.
     #[inline]
     fn key(&self, ips: &[u64]) -> Option<Key> {
-        let last = self.entries.len().checked_sub(1)?;
+        let sets = self.entries.len() / 2;
+        let last = sets.checked_sub(1)?;
         let h = PRE_HASH.hash(ips);
-        let index = h as usize & last;
-        let check = (h >> 32) as u32 & !self.slot_mask;
-        // Relaxed: a hint; what it names is validated before use.
-        let seen = self.entries.get(index)?.load(Ordering::Relaxed);
-        Some(Key { index, check, seen })
+        let set = (h as usize & last) * 2;
+        // The high W bits of h: for W = 32 the set bits are not in them.
+        let check = (h >> (64 - W)) as ElemWord & self.check_mask;
+        let (ways, _) = self.entries.get(set..)?.split_first_chunk::<2>()?;
+        // Relaxed: hints; what they name is validated before use.
+        let seen = ways.each_ref().map(|w| w.load(Ordering::Relaxed));
+        Some(Key {
+            set,
+            check,
+            seen,
+            way: (h >> 63) as usize,
+        })
     }
 
-    /// Points `key`'s entry at `slot`, unless it already does.
+    /// The entry of the set that has `key`'s check bits, if one has.
     #[inline]
-    fn refresh(&self, key: &Key, slot: u32) {
-        let new = key.check | (slot & self.slot_mask);
-        if new != key.seen {
-            if let Some(e) = self.entries.get(key.index) {
-                // Relaxed: a hint; readers validate the slot it names, so
-                // nothing needs ordering against this store.
-                e.store(new, Ordering::Relaxed);
-            }
+    fn find(&self, key: &Key) -> Option<ElemWord> {
+        let [a, b] = key.seen;
+        if a & self.check_mask == key.check {
+            Some(a)
+        } else if b & self.check_mask == key.check {
+            Some(b)
+        } else {
+            None
+        }
+    }
+
+    /// The entry naming `slot` in bucket `id` for `key`'s stack.
+    #[inline]
+    fn entry(&self, key: &Key, slot: u32, id: u32) -> ElemWord {
+        key.check
+            | (ElemWord::from(id) & self.field) << self.s
+            | (ElemWord::from(slot) & self.field)
+    }
+
+    /// The slot and bucket an entry names.
+    #[inline]
+    fn fields(&self, entry: ElemWord) -> (u32, u32) {
+        // Both fields are at most 31 bits: S <= 31 (see `new`).
+        let slot = (entry & self.field) as u32;
+        let id = ((entry >> self.s) & self.field) as u32;
+        (slot, id)
+    }
+
+    /// Stores `new` into way `way` of `key`'s set.
+    #[inline]
+    fn store(&self, key: &Key, way: usize, new: ElemWord) {
+        if let Some(e) = self.entries.get(key.set + (way & 1)) {
+            // Relaxed: a hint; readers validate the slot it names, so
+            // nothing needs ordering against this store.
+            e.store(new, Ordering::Relaxed);
         }
     }
 }
@@ -176,31 +258,25 @@ impl<'a> StackMapIn<'a> {
 
     #[inline]
     fn probe_entry(&self, key: &Key, ips: &[u64]) -> Probe {
-        let slot_mask = self.cache.slot_mask;
-        if key.seen & !slot_mask != key.check {
+        let Some(entry) = self.cache.find(key) else {
             return Probe::Miss;
-        }
-        let slot = key.seen & slot_mask;
-        let Some(e) = self.elem(slot) else {
+        };
+        let (slot, id) = self.cache.fields(entry);
+        let (Some(e), Some(bucket)) = (self.elem(slot), self.bucket(id)) else {
             return Probe::Miss;
         };
         // Acquire: pairs with `end_write`'s Release store (or a link
         // store's Release, see elem.rs): the version's words are visible.
         let s1 = e.seq(Ordering::Acquire);
+        // Relaxed: the fence below makes it acquire: if it reads a publish
+        // of this slot that came after a rewrite, that rewrite's
+        // `end_write` happens-before the `seq` load below, which then
+        // differs from `s1`.
+        let in_bucket = bucket.load(Ordering::Relaxed);
         let (hash, nr) = e.hash_nr();
         if nr != ips.len() as u32 {
             return Probe::Miss;
         }
-        let id = hash & (self.geo.n_buckets - 1);
-        // Loaded before the frames are compared, so that the two misses
-        // overlap. Relaxed: the fence below makes it acquire: if it reads a
-        // publish of this slot that came after a rewrite, that rewrite's
-        // `end_write` happens-before the `seq` load below, which then
-        // differs from `s1`.
-        let bucket = match self.bucket(id) {
-            Some(b) => b.load(Ordering::Relaxed),
-            None => 0,
-        };
         let same = e.eq_ips(ips);
         // Acquire fence: pairs with `begin_write`'s Release fence; if a load
         // above saw a later write section's store, the load below sees its
@@ -212,35 +288,69 @@ impl<'a> StackMapIn<'a> {
         let valid = same && s1 & 1 == 0 && s2 == s1;
         if !valid {
             Probe::Miss
-        } else if bucket == slot + 1 {
-            // ... and it was in bucket `id` while it did: a hit.
+        } else if in_bucket == slot + 1 {
+            // ... and it was in bucket `id` while it did: a hit (E2).
             Probe::Hit(id)
         } else {
-            // ... but not in its bucket: its hash is the frames' (E1).
+            // ... but not in that bucket: its hash is the frames' (E1).
             Probe::Hash(hash)
         }
     }
 
-    /// The slow path found the stack in (or put it into) `slot`: refresh.
+    /// The slow path found the stack in (or put it into) `slot` of bucket
+    /// `id`: point a way of the set at it, unless one already does.
     #[inline]
-    pub(super) fn refresh(&self, key: Option<Key>, slot: u32) {
-        if let Some(key) = key {
-            self.cache.refresh(&key, slot);
+    pub(super) fn refresh(&self, key: Option<Key>, slot: u32, id: u32) {
+        let Some(key) = key else {
+            return;
+        };
+        let new = self.cache.entry(&key, slot, id);
+        if key.seen.contains(&new) {
+            return;
         }
+        let mask = self.cache.check_mask;
+        let [a, b] = key.seen;
+        let way = if a & mask == key.check {
+            0
+        } else if b & mask == key.check {
+            1
+        } else if self.stale(a) {
+            0
+        } else if self.stale(b) {
+            1
+        } else {
+            key.way
+        };
+        self.cache.store(&key, way, new);
     }
 
-    /// Test hook: make the entry of `ips` name `slot`, check bits and all,
-    /// as a stale, forged or torn entry would. Entries are hints, so this
-    /// can't change any result (the loom models check exactly that).
+    /// Does the entry name a slot that its bucket no longer holds? (A hint
+    /// for the choice of a way: nothing else depends on it.)
+    fn stale(&self, entry: ElemWord) -> bool {
+        let (slot, id) = self.cache.fields(entry);
+        // Relaxed: a hint.
+        self.bucket(id)
+            .is_none_or(|b| b.load(Ordering::Relaxed) != slot.wrapping_add(1))
+    }
+
+    /// The set `ips` maps to (tests).
+    #[cfg(test)]
+    pub(super) fn cache_set(&self, ips: &[u64]) -> Option<usize> {
+        self.cache.key(ips).map(|k| k.set)
+    }
+
+    /// Test hook: make the entry of `ips` name `slot` and bucket `id`,
+    /// check bits and all, as a stale, forged or torn entry would. Entries
+    /// are hints, so this can't change any result (the loom models and
+    /// unit tests check exactly that).
     #[cfg(any(loom, test))]
     #[doc(hidden)]
-    pub fn cache_forge(&self, ips: &[u64], slot: u32) {
+    pub fn cache_forge(&self, ips: &[u64], slot: u32, id: u32) {
         if let Some(key) = self.cache.key(ips) {
-            let key = Key {
-                seen: !key.seen,
-                ..key
-            };
-            self.cache.refresh(&key, slot);
+            let new = self.cache.entry(&key, slot, id);
+            // Both ways: whichever the probe reads first, it is this one.
+            self.cache.store(&key, 0, new);
+            self.cache.store(&key, 1, new);
         }
     }
 }

@@ -19,6 +19,8 @@ mod attr;
 #[cfg(feature = "alloc")]
 mod audit;
 mod cache;
+#[cfg(all(test, feature = "std"))]
+mod cache_tests;
 mod elem;
 mod protocol;
 mod stackid;
@@ -58,8 +60,7 @@ use elem::Elems;
 pub struct StackMapIn<'a> {
     geo: Geometry,
     elems: Elems<'a>,
-    /// Free slots (an aging view: a freed slot keeps its stack for a while,
-    /// see `cache.rs`); their links live in the elements' headers.
+    /// Free slots; their links live in the elements' headers.
     freelist: FreeList<'a, Elems<'a>>,
     buckets: &'a [AtomicU32],
     cache: Cache<'a>,
@@ -144,7 +145,7 @@ impl<'a> StackMapIn<'a> {
 
     fn from_region(geo: Geometry, layout: Layout, region: Region<'a>) -> Self {
         let elems = Elems::new(region.elems, layout.stride);
-        let freelist = FreeList::new_aging(region.heads, elems);
+        let freelist = FreeList::new(region.heads, elems);
         freelist.populate();
         StackMapIn {
             geo,

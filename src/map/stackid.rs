@@ -184,7 +184,7 @@ impl StackMapIn<'_> {
             (key, Probe::Miss) => (key, trace_hash(ips)),
         };
         let (id, slot) = self.stackid_hashed(cpu, ips, hash, flags)?;
-        self.refresh(key, slot);
+        self.refresh(key, slot, id);
         Ok(id)
     }
 
