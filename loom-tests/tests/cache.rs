@@ -101,7 +101,10 @@ fn audit(map: Arc<StackMap>) -> (usize, usize) {
 
 /// An entry naming a slot whose stack was replaced out of its bucket, the
 /// slot still intact on the freelist: a probe must not call that a hit.
-/// Once the replace is known to be done, the kernel says EEXIST.
+/// Once the replace is known to be done, the kernel says EEXIST. (The
+/// replacer's own refresh evicts A's entry, stale now, from the set; a
+/// late refresh by a thread that found A before the replace could write it
+/// back. The writer does that write itself, with the test hook.)
 #[test]
 fn cache_hit_vs_replace() {
     let a = [0x1000u64, 0x1008];
@@ -116,6 +119,8 @@ fn cache_hit_vs_replace() {
             &map,
             move |m| {
                 assert_eq!(m.get_stackid(0, &c, BPF_F_REUSE_STACKID), Ok(x));
+                // A was in slot 1 (the top of the populated freelist).
+                m.cache_forge(&a, 1, x);
                 d.store(true, SeqCst);
             },
             move |m| {
