@@ -92,10 +92,12 @@
 //! then differs), so by E2 their `jhash2` selects bucket `id`: the kernel
 //! would compute `id`, find the same stack and return `id`, whatever the
 //! flags (REUSE only acts on a mismatch; FAST_CMP compares the hash, equal
-//! by E1). Why step 4's hash is exact: E1 on a validated version. Build-id maps skip the cache:
-//! the kernel pops an element before comparing their stacks (a full map
-//! gives `ENOMEM` even for a known stack), and their elements hold build-id
-//! frames, not the hashed ips (E1 does not hold).
+//! by E1). Why step 4's hash is exact: E1 on a validated version.
+//!
+//! Build-id maps skip the cache: the kernel pops an element before
+//! comparing their stacks (a full map gives `ENOMEM` even for a known
+//! stack), and their elements hold build-id frames, not the hashed ips
+//! (E1 does not hold).
 //!
 //! # Progress and cost
 //!
