@@ -42,6 +42,12 @@ impl StackMapIn<'_> {
     /// a false hit (the kernel's `memcmp` can). With `BPF_F_FAST_STACK_CMP`
     /// only the hash is compared, as in the kernel. Never allocates, blocks
     /// or panics.
+    ///
+    /// On ips maps a hit usually skips `jhash2`: a cache in the map's memory
+    /// names the slot and bucket that last held the stack, and the id is
+    /// returned only under the same guarantee (every frame compared, the
+    /// slot's sequence number and the bucket checked); anything else takes
+    /// the kernel's path. Results are the kernel's either way.
     pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
     }
