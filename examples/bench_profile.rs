@@ -214,16 +214,9 @@ fn run<P: Peer>(workload: &str, ops: usize) {
 /// A timed batch runner for [`ab`]: runs `ops` ops, returns ns per op.
 type Batch = Box<dyn FnMut(usize) -> f64>;
 
-/// This thread's CPU time in ns: unlike wall time, it does not count the
-/// time other processes hold the core (the machine may be shared).
+/// This thread's CPU time in ns (see [`thread_cpu`]).
 fn thread_cpu_ns() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+    thread_cpu().as_nanos() as f64
 }
 
 fn batch<P: Peer + 'static>(workload: &str) -> Batch {
@@ -298,10 +291,93 @@ fn ab(args: &[String]) {
     }
 }
 
+/// This thread's CPU time (not wall time: time spent descheduled on a
+/// busy machine does not count).
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `replay-cpu PEER PASSES THREADS`: passes over the recorded chains, each
+/// from a fresh structure, the samples dealt round-robin to the threads;
+/// prints the median over passes of (CPU time of all threads / samples)
+/// and of wall time / samples. CPU time still contains what contention
+/// costs (cache-line transfers stall the CPU), not the time other
+/// processes take: a load-robust view of a multi-thread pass.
+fn replay_cpu<P: Peer>(build: impl Fn() -> P, passes: usize, threads: usize) {
+    let chains = workload::recorded_chains();
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..passes {
+        let p = build();
+        let barrier = std::sync::Barrier::new(threads);
+        let start = std::time::Instant::now();
+        let total: std::time::Duration = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (p, chains, barrier) = (&p, &chains, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let c0 = thread_cpu();
+                        for c in chains.iter().skip(t).step_by(threads) {
+                            black_box(p.intern(t, black_box(c)));
+                        }
+                        thread_cpu() - c0
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        wall.push(start.elapsed().as_nanos() as f64 / chains.len() as f64);
+        cpu.push(total.as_nanos() as f64 / chains.len() as f64);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "cpu {:.1} ns/sample, wall {:.1} ns/sample (median of {passes})",
+        median(&mut cpu),
+        median(&mut wall)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args[1] == "ab" {
         return ab(&args);
+    }
+    if args[1] == "replay-cpu" {
+        let passes = args.get(3).map_or(10, |s| s.parse().expect("passes"));
+        let threads = args.get(4).map_or(1, |s| s.parse().expect("threads"));
+        let p = params();
+        match args[2].as_str() {
+            "depot" => replay_cpu(|| DepotPeer::with(65_536, 1 << 20, 2), passes, threads),
+            // The arena's pages touched before the pass (a depot that was
+            // filled once and cleared): no page faults in the pass.
+            "depot-warm" => replay_cpu(
+                || {
+                    let mut d = DepotPeer::with(65_536, 1 << 20, 2);
+                    for i in 0..(1usize << 20) / 64 {
+                        let _ = d.0.intern(0, &[i as u64; 63]);
+                    }
+                    d.0.clear();
+                    d
+                },
+                passes,
+                threads,
+            ),
+            "kstackmap" => replay_cpu(|| StackMapPeer::<KStackMap>::build(&p), passes, threads),
+            "mutex" => replay_cpu(|| MutexHashMap::build(&p), passes, threads),
+            "dashmap" => replay_cpu(|| DashMapPeer::build(&p), passes, threads),
+            "papaya" => replay_cpu(|| PapayaPeer::build(&p), passes, threads),
+            other => panic!("unknown peer {other}"),
+        }
+        return;
     }
     let (workload, peer) = (args[1].as_str(), args[2].as_str());
     let ops: usize = args.get(3).map_or(1_000_000, |s| s.parse().expect("ops"));

@@ -41,10 +41,23 @@ pub(crate) fn pe_user_skip(flags: u64, nr_kernel: usize) -> Result<u64, Error> {
 /// through `resolver` (all status IP without one). `callchain` is the whole
 /// chain; the first `min(buf.len() / frame + skip, max_stack)` frames are
 /// taken, then `skip` dropped. Returns the bytes copied; the rest of `buf`
-/// is zeroed. On error the whole `buf` is zeroed, as in the kernel:
-/// `Inval` for unknown flags, `BPF_F_USER_BUILD_ID` without
-/// `BPF_F_USER_STACK`, or a size that is not a multiple of the frame size;
-/// `Fault` when the chain is shorter than the skip.
+/// is zeroed.
+///
+/// ```
+/// let mut buf = [0u8; 4 * 8];
+/// let n = kstackmap::get_stack(&[0x10, 0x20, 0x30], 1, &mut buf, None)?; // skip 1
+/// assert_eq!(n, 16);
+/// assert_eq!(buf[..8], 0x20u64.to_ne_bytes());
+/// # Ok::<(), kstackmap::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// On error the whole `buf` is zeroed, as in the kernel:
+/// - `Inval`: unknown flags, `BPF_F_USER_BUILD_ID` without
+///   `BPF_F_USER_STACK`, or a `buf` size that is not a multiple of the
+///   frame size (8, or 32 for build ids).
+/// - `Fault`: the chain is shorter than the skip.
 pub fn get_stack(
     callchain: &[u64],
     flags: u64,
@@ -55,6 +68,10 @@ pub fn get_stack(
 }
 
 /// [`get_stack`] for a `perf_event_max_stack` of `max_stack`.
+///
+/// # Errors
+///
+/// As [`get_stack`]: `Inval`, `Fault`; `buf` is zeroed.
 pub fn get_stack_max(
     callchain: &[u64],
     flags: u64,
@@ -81,6 +98,11 @@ pub fn get_stack_max(
 /// `tests/kernel_diff_pe.rs`). The kernel also leaves the sample's own
 /// callchain cut to that depth after a user-stack call, so later helpers
 /// of the same program, and perf's record, see the shorter chain.
+///
+/// # Errors
+///
+/// As [`get_stack`] (`Inval`, `Fault`), and `Fault` when the user part's
+/// skip would pass 255; `buf` is zeroed.
 pub fn get_stack_pe(
     callchain: &[u64],
     flags: u64,

@@ -29,6 +29,12 @@ pub enum Error {
     Inval,
     /// `EOPNOTSUPP` (95): the operation is not supported.
     OpNotSupp,
+    /// `ESTALE` (116): a [`StackRef`](crate::StackRef) no longer names what
+    /// its bucket holds: the stack it named was replaced
+    /// (`BPF_F_REUSE_STACKID`) or deleted, even if an equal stack was
+    /// stored again since. Only the versioned calls return it; no kernel
+    /// does.
+    Stale,
 }
 
 impl Error {
@@ -43,6 +49,7 @@ impl Error {
             Error::Exist => 17,
             Error::Inval => 22,
             Error::OpNotSupp => 95,
+            Error::Stale => 116,
         }
     }
 
@@ -57,6 +64,7 @@ impl Error {
             17 => Error::Exist,
             22 => Error::Inval,
             95 => Error::OpNotSupp,
+            116 => Error::Stale,
             _ => return None,
         })
     }
@@ -72,6 +80,7 @@ impl Error {
             Error::Exist => "EEXIST",
             Error::Inval => "EINVAL",
             Error::OpNotSupp => "EOPNOTSUPP",
+            Error::Stale => "ESTALE",
         }
     }
 }
@@ -87,6 +96,7 @@ impl fmt::Display for Error {
             Error::Exist => "bucket already holds another stack",
             Error::Inval => "invalid argument",
             Error::OpNotSupp => "operation not supported",
+            Error::Stale => "stack reference is stale: its bucket holds another version",
         };
         write!(f, "{what} ({})", self.name())
     }
@@ -94,11 +104,64 @@ impl fmt::Display for Error {
 
 impl core::error::Error for Error {}
 
+/// The errno as an [`std::io::Error`], so `?` works in functions returning
+/// `io::Result`.
+///
+/// On Linux and Android the result is `io::Error::from_raw_os_error` of
+/// [`Error::errno`]: `raw_os_error()` gives the errno back and `kind()` is
+/// the standard library's for it (`NoEnt` is `NotFound`, `Exist` is
+/// `AlreadyExists`, `Perm` is `PermissionDenied`, ...). Elsewhere the errno
+/// numbers are Linux's, not the host's, so the error carries the same
+/// `kind()` and this `Error` as its source instead.
+///
+/// ```
+/// use std::io;
+/// let e: io::Error = kstackmap::Error::NoEnt.into();
+/// assert_eq!(e.kind(), io::ErrorKind::NotFound);
+/// ```
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> std::io::Error {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            std::io::Error::from_raw_os_error(e.errno())
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            std::io::Error::new(e.io_kind().unwrap_or(std::io::ErrorKind::Other), e)
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl Error {
+    /// The [`io::ErrorKind`](std::io::ErrorKind) `std` decodes this errno
+    /// to on Linux; `None` where that is an unnamed (unstable) kind.
+    #[cfg_attr(
+        all(not(test), any(target_os = "linux", target_os = "android")),
+        allow(dead_code)
+    )]
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        use std::io::ErrorKind as K;
+        Some(match self {
+            Error::Perm => K::PermissionDenied,
+            Error::NoEnt => K::NotFound,
+            Error::TooBig => K::ArgumentListTooLong,
+            Error::NoMem => K::OutOfMemory,
+            Error::Fault | Error::OpNotSupp => return None,
+            Error::Exist => K::AlreadyExists,
+            Error::Inval => K::InvalidInput,
+            Error::Stale => K::StaleNetworkFileHandle,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [Error; 8] = [
+    const ALL: [Error; 9] = [
         Error::Perm,
         Error::NoEnt,
         Error::TooBig,
@@ -107,11 +170,12 @@ mod tests {
         Error::Exist,
         Error::Inval,
         Error::OpNotSupp,
+        Error::Stale,
     ];
 
     #[test]
     fn errno_values_are_linux() {
-        let want = [1, 2, 7, 12, 14, 17, 22, 95];
+        let want = [1, 2, 7, 12, 14, 17, 22, 95, 116];
         for (e, n) in ALL.iter().zip(want) {
             assert_eq!(e.errno(), n, "{e:?}");
             assert_eq!(Error::from_errno(n), Some(*e));
@@ -129,5 +193,25 @@ mod tests {
             Error::Exist.to_string(),
             "bucket already holds another stack (EEXIST)"
         );
+        assert!(Error::Stale.to_string().ends_with("(ESTALE)"));
+    }
+
+    /// `kind()` is std's decoding of the errno on Linux, and the same kind
+    /// the fallback picks; the errno survives the conversion.
+    #[cfg(feature = "std")]
+    #[test]
+    fn into_io_error() {
+        extern crate std;
+        use std::io;
+        for e in ALL {
+            let io: io::Error = e.into();
+            if let Some(kind) = e.io_kind() {
+                assert_eq!(io.kind(), kind, "{e:?}");
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(io.raw_os_error(), Some(e.errno()), "{e:?}");
+        }
+        let io: io::Error = Error::Stale.into();
+        assert_eq!(io.kind(), io::ErrorKind::StaleNetworkFileHandle);
     }
 }

@@ -581,7 +581,7 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// operations on a stack while one pop is stalled there, as an
     /// interrupt handler would.
     #[cfg(any(test, feature = "test-hooks"))]
-    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(usize), arg: usize) {
+    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(*const ()), arg: *const ()) {
         if let Some(head) = cpu
             .checked_rem(self.heads.len())
             .and_then(|c| self.heads.get(c))
@@ -811,33 +811,39 @@ impl<'a, L: Links + 'a> FreeList<'a, L> {
 /// test machinery, not part of a modelled protocol.
 #[cfg(any(test, feature = "test-hooks"))]
 mod hook {
-    use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+    use core::sync::atomic::{AtomicPtr, Ordering};
 
     use super::Head;
 
-    /// The address of the armed head; 0 when disarmed.
-    static HEAD: AtomicUsize = AtomicUsize::new(0);
-    /// The hook, a `fn(usize)` as a pointer.
+    /// The armed head; null when disarmed. Only compared, never read
+    /// through.
+    static HEAD: AtomicPtr<Head> = AtomicPtr::new(core::ptr::null_mut());
+    /// The hook, a `fn(*const ())` as a pointer.
     static FUNC: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
-    /// Its argument.
-    static ARG: AtomicUsize = AtomicUsize::new(0);
+    /// Its argument, passed through untouched.
+    static ARG: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
-    pub(super) fn arm(head: &Head, f: fn(usize), arg: usize) {
+    pub(super) fn arm(head: &Head, f: fn(*const ()), arg: *const ()) {
         // Disarm first, so a pop never sees the new head with the old hook.
-        HEAD.store(0, Ordering::SeqCst);
+        HEAD.store(core::ptr::null_mut(), Ordering::SeqCst);
         FUNC.store(f as *mut (), Ordering::SeqCst);
-        ARG.store(arg, Ordering::SeqCst);
-        HEAD.store(head as *const Head as usize, Ordering::SeqCst);
+        ARG.store(arg.cast_mut(), Ordering::SeqCst);
+        HEAD.store(core::ptr::from_ref(head).cast_mut(), Ordering::SeqCst);
     }
 
     /// Calls the hook if it is armed for `head`, disarming it first.
     #[inline]
     pub(super) fn fire(head: &Head) {
-        let me = head as *const Head as usize;
+        let me = core::ptr::from_ref(head).cast_mut();
         // Relaxed: a cheap filter; the swap below decides.
         if HEAD.load(Ordering::Relaxed) != me
             || HEAD
-                .compare_exchange(me, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange(
+                    me,
+                    core::ptr::null_mut(),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return;
@@ -846,11 +852,11 @@ mod hook {
         if f.is_null() {
             return;
         }
-        // SAFETY: FUNC only ever holds null or a `fn(usize)` stored by
+        // SAFETY: FUNC only ever holds null or a `fn(*const ())` stored by
         // `arm` (SeqCst before HEAD, which we just took), and fn pointers
         // and data pointers have the same size on every supported target.
-        let f = unsafe { core::mem::transmute::<*mut (), fn(usize)>(f) };
-        f(ARG.load(Ordering::SeqCst));
+        let f = unsafe { core::mem::transmute::<*mut (), fn(*const ())>(f) };
+        f(ARG.load(Ordering::SeqCst).cast_const());
     }
 }
 
@@ -1080,10 +1086,10 @@ mod tests {
         held: std::sync::atomic::AtomicU32,
     }
 
-    fn aba_hook(arg: usize) {
-        // SAFETY: `arg` is the address of an `AbaRun` that `run_aba` keeps
-        // alive (on its stack) across the pop that fires this hook.
-        let run = unsafe { &*(arg as *const AbaRun<'_>) };
+    fn aba_hook(arg: *const ()) {
+        // SAFETY: `arg` points to an `AbaRun` that `run_aba` keeps alive
+        // (on its stack) across the pop that fires this hook.
+        let run = unsafe { &*arg.cast::<AbaRun<'_>>() };
         let a = run.list.pop(0).unwrap();
         let b = run.list.pop(0).unwrap();
         run.list.push(0, a);
@@ -1107,7 +1113,7 @@ mod tests {
             pops,
             held: std::sync::atomic::AtomicU32::new(EMPTY),
         };
-        list.arm_pop_hook(0, aba_hook, &run as *const AbaRun<'_> as usize);
+        list.arm_pop_hook(0, aba_hook, core::ptr::from_ref(&run).cast());
         let outer = list.pop(0).unwrap();
         let held = vec![outer, run.held.load(std::sync::atomic::Ordering::SeqCst)];
         let left = list

@@ -6,6 +6,11 @@
 //! and the `ops` fuzz target drive the same operations through both and
 //! require equal results and equal dumps.
 //!
+//! Versions ([`StackRef`]) are a counter: every stack stored gets the next
+//! number, so a reference is current exactly while its bucket still holds
+//! that store. The map's version numbers differ (slot and sequence number):
+//! compare the two through what they answer, not their bits.
+//!
 //! It reuses only pieces checked against the kernel on their own: the
 //! creation checks (`vectors/attr_grid.tsv`), `trace_hash`
 //! (`vectors/jhash2.tsv`) and the build-id frame walk.
@@ -16,7 +21,7 @@ use alloc::vec::Vec;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::count_kernel_ips;
 use crate::hash::trace_hash;
-use crate::map::{Config, Geometry, MapAttr};
+use crate::map::{Config, Geometry, MapAttr, StackRef};
 use crate::uapi::{
     BPF_F_FAST_STACK_CMP, BPF_F_RDONLY, BPF_F_REUSE_STACKID, BPF_F_SKIP_FIELD_MASK,
     BPF_F_USER_STACK, BPF_F_WRONLY, STACKID_FLAG_MASK,
@@ -37,27 +42,46 @@ struct Bucket {
 pub struct Model {
     geo: Geometry,
     buckets: Vec<Option<Bucket>>,
+    /// Per bucket, the version of the stack stored there last.
+    versions: Vec<u64>,
+    /// The version the next stored stack gets.
+    next_version: u64,
     /// Elements not in a bucket (the kernel's freelist, as a count).
     free: u32,
 }
 
 impl Model {
-    /// A model map; the same creation errors as the kernel.
+    /// A model map.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's creation errors, as [`StackMap::with_config`](crate::StackMap::with_config)
+    /// (without its memory limits).
     pub fn new(attr: &MapAttr, cfg: Config) -> Result<Model, Error> {
         let geo = Geometry::new(attr, &cfg)?;
         Ok(Model {
             geo,
             buckets: vec![None; geo.n_buckets as usize],
+            versions: vec![0; geo.n_buckets as usize],
+            next_version: 1,
             free: attr.max_entries,
         })
     }
 
     /// `bpf_get_stackid` on the whole chain.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::get_stackid`](crate::StackMap::get_stackid).
     pub fn get_stackid(&mut self, chain: &[u64], flags: u64) -> Result<u32, Error> {
         self.get_stackid_resolved(chain, flags, None::<&dyn VmaResolver>)
     }
 
     /// `bpf_get_stackid` on a build-id map with a resolver.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::get_stackid_resolved`](crate::StackMap::get_stackid_resolved).
     pub fn get_stackid_resolved<R: VmaResolver + ?Sized>(
         &mut self,
         chain: &[u64],
@@ -71,6 +95,10 @@ impl Model {
     }
 
     /// `bpf_get_stackid_pe` on a perf callchain.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::get_stackid_pe`](crate::StackMap::get_stackid_pe).
     pub fn get_stackid_pe<R: VmaResolver + ?Sized>(
         &mut self,
         chain: &[u64],
@@ -162,7 +190,42 @@ impl Model {
         if self.buckets[id as usize].replace(new).is_none() {
             self.free -= 1;
         }
+        self.versions[id as usize] = self.next_version;
+        self.next_version += 1;
         Ok(id)
+    }
+
+    /// `get_stackid` with the version of what bucket `id` holds afterwards:
+    /// the stack it hit, or the one it stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::get_stackid`].
+    pub fn get_stackid_versioned(&mut self, chain: &[u64], flags: u64) -> Result<StackRef, Error> {
+        let id = self.get_stackid(chain, flags)?;
+        Ok(self.stack_ref(id))
+    }
+
+    fn stack_ref(&self, id: u32) -> StackRef {
+        StackRef {
+            id,
+            version: self.versions[id as usize],
+        }
+    }
+
+    /// `lookup_versioned`: the value of the stack `r` names.
+    ///
+    /// # Errors
+    ///
+    /// `Stale` if bucket `r.id` is empty or was stored to since `r` was
+    /// taken; `NoEnt` for an id out of range; `Perm` on WRONLY maps.
+    pub fn lookup_versioned(&self, r: StackRef) -> Result<Vec<u8>, Error> {
+        self.may(true, false)?;
+        let b = self.buckets.get(r.id as usize).ok_or(Error::NoEnt)?;
+        match b {
+            Some(b) if self.versions[r.id as usize] == r.version => Ok(b.value.clone()),
+            _ => Err(Error::Stale),
+        }
     }
 
     fn value_of<R: VmaResolver + ?Sized>(
@@ -193,6 +256,10 @@ impl Model {
     }
 
     /// `BPF_MAP_LOOKUP_ELEM`: the value of stack `id`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::lookup`](crate::StackMap::lookup): `NoEnt`, `Perm`.
     pub fn lookup(&self, id: u32) -> Result<Vec<u8>, Error> {
         self.may(true, false)?;
         let b = self.buckets.get(id as usize).and_then(Option::as_ref);
@@ -200,6 +267,11 @@ impl Model {
     }
 
     /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::lookup_and_delete`](crate::StackMap::lookup_and_delete):
+    /// `NoEnt`, `Perm`.
     pub fn lookup_and_delete(&mut self, id: u32) -> Result<Vec<u8>, Error> {
         self.may(true, true)?;
         let b = self.buckets.get_mut(id as usize).and_then(Option::take);
@@ -209,6 +281,11 @@ impl Model {
     }
 
     /// `BPF_MAP_DELETE_ELEM`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::delete`](crate::StackMap::delete): `TooBig`, `NoEnt`,
+    /// `Perm`.
     pub fn delete(&mut self, id: u32) -> Result<(), Error> {
         self.may(false, true)?;
         let slot = self.buckets.get_mut(id as usize).ok_or(Error::TooBig)?;
@@ -218,6 +295,11 @@ impl Model {
     }
 
     /// `BPF_MAP_GET_NEXT_KEY`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StackMap::get_next_key`](crate::StackMap::get_next_key): `NoEnt`,
+    /// `Perm`.
     pub fn get_next_key(&self, key: Option<u32>) -> Result<u32, Error> {
         self.may(true, false)?;
         let occupied = |id: u32| matches!(self.buckets.get(id as usize), Some(Some(_)));
@@ -231,6 +313,10 @@ impl Model {
     }
 
     /// `BPF_MAP_UPDATE_ELEM`: always refused.
+    ///
+    /// # Errors
+    ///
+    /// Always: `Perm` on RDONLY maps, else `Inval`.
     pub fn update(&mut self) -> Result<(), Error> {
         self.may(false, true)?;
         Err(Error::Inval)

@@ -282,8 +282,43 @@ impl<const N: usize> StaticStorage<N> {
     }
 }
 
+/// Shows the size and whether the bytes were handed out; never the bytes
+/// (they may be uninitialised, or in use by a map).
+impl<const N: usize> core::fmt::Debug for StaticStorage<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StaticStorage")
+            .field("len", &N)
+            // Relaxed: a diagnostic snapshot; nothing is read behind it.
+            .field(
+                "taken",
+                &self.taken.load(core::sync::atomic::Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
 impl<const N: usize> Default for StaticStorage<N> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    extern crate std;
+    use super::StaticStorage;
+
+    #[test]
+    fn static_storage_debug_shows_size_and_taken() {
+        static MEM: StaticStorage<64> = StaticStorage::new();
+        assert_eq!(
+            std::format!("{MEM:?}"),
+            "StaticStorage { len: 64, taken: false }"
+        );
+        let _ = MEM.take();
+        assert_eq!(
+            std::format!("{MEM:?}"),
+            "StaticStorage { len: 64, taken: true }"
+        );
     }
 }

@@ -66,14 +66,15 @@ pub const BPF_STACK_BUILD_ID_IP: i32 = 2;
 ///
 /// 32 bytes, aligned to 8, with no padding, so a map value (or a
 /// `get_stack` buffer) of `n * 32` bytes can be viewed as `&[StackBuildId]`
-/// without a copy:
+/// without a copy through the `zerocopy` traits (re-exported as
+/// [`kstackmap::zerocopy`](crate::zerocopy)):
 ///
 /// ```
 /// use kstackmap::uapi::StackBuildId;
-/// use zerocopy::FromBytes;
+/// use kstackmap::zerocopy::{FromBytes, IntoBytes};
 ///
 /// let value = [0u64; 8]; // 64 bytes, 8-aligned: two frames
-/// let frames = <[StackBuildId]>::ref_from_bytes(zerocopy::IntoBytes::as_bytes(&value[..])).unwrap();
+/// let frames = <[StackBuildId]>::ref_from_bytes(value.as_bytes()).unwrap();
 /// assert_eq!(frames.len(), 2);
 /// ```
 #[repr(C)]
@@ -115,7 +116,11 @@ impl StackBuildId {
         }
     }
 
-    /// The decoded status, or the raw value when it is none of the three.
+    /// The decoded status.
+    ///
+    /// # Errors
+    ///
+    /// The raw value, when it is none of the three statuses.
     pub fn status(&self) -> Result<BuildIdStatus, i32> {
         BuildIdStatus::try_from(self.status)
     }

@@ -44,10 +44,10 @@ struct Handler<'a> {
 /// The "interrupt handler": `pops` pops of shard 0 while a pop of it is
 /// stalled, in the pattern that brings the stalled pop's top back on top
 /// with another link.
-fn handler(arg: usize) {
-    // SAFETY: `arg` is the address of the `Handler` that `stall_one_insert`
-    // keeps alive across the insert that fires this hook.
-    let h = unsafe { &*(arg as *const Handler<'_>) };
+fn handler(arg: *const ()) {
+    // SAFETY: `arg` points to the `Handler` that `stall_one_insert` keeps
+    // alive across the insert that fires this hook.
+    let h = unsafe { &*arg.cast::<Handler<'_>>() };
     let id1 = h.map.get_stackid(0, &h.x1, 0).expect("pops A");
     h.map.get_stackid(0, &h.x2, 0).expect("pops B");
     h.map.delete(id1).expect("pushes A back");
@@ -100,7 +100,7 @@ fn stall_one_insert(pops: u64) {
         x2,
         pops,
     };
-    map.arm_pop_hook(0, handler, &h as *const Handler<'_> as usize);
+    map.arm_pop_hook(0, handler, std::ptr::from_ref(&h).cast());
     // The stalled insert: its pop fires the handler.
     assert_eq!(map.get_stackid(0, &s0, 0), Ok(id0));
     // Had the stalled pop been fooled, the freelist's top would now be B,

@@ -1,10 +1,16 @@
 //! Property tests: random operation sequences through `StackMap` and the
 //! sequential reference model (`kstackmap::model`) must give identical
 //! results and identical dumps, and the map must conserve its elements.
+//!
+//! Versioned ids: every `StackRef` the map hands out is kept beside the
+//! model's for the same call; later `lookup_versioned`s of them must agree
+//! (bytes or `Stale`), and two of the map's refs must be equal exactly when
+//! the model's are (they name the same stored stack). `iter` must yield
+//! the model's dump.
 
 use kstackmap::model::Model;
 use kstackmap::uapi::*;
-use kstackmap::{Config, Error, MapAttr, StackMap, Vma, VmaResolver};
+use kstackmap::{Config, Error, MapAttr, StackMap, StackRef, Vma, VmaResolver};
 use proptest::prelude::*;
 
 /// A small address space: two files with build ids, one without, a hole.
@@ -40,7 +46,14 @@ enum Op {
         stack: Vec<u64>,
         flags: u64,
     },
+    StackIdVersioned {
+        cpu: usize,
+        stack: Vec<u64>,
+        flags: u64,
+    },
     Lookup(u32),
+    /// `lookup_versioned` of the n-th ref handed out so far (mod their count).
+    LookupVersioned(usize),
     LookupAndDelete(u32),
     Delete(u32),
     NextKey(Option<u32>),
@@ -80,7 +93,9 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0usize..8, stack(), flags(), any::<bool>())
             .prop_map(|(cpu, stack, flags, resolve)| Op::StackId { cpu, stack, flags, resolve }),
         2 => (0usize..8, stack(), flags()).prop_map(|(cpu, stack, flags)| Op::StackIdPe { cpu, stack, flags }),
+        3 => (0usize..8, stack(), flags()).prop_map(|(cpu, stack, flags)| Op::StackIdVersioned { cpu, stack, flags }),
         2 => id.clone().prop_map(Op::Lookup),
+        3 => any::<usize>().prop_map(Op::LookupVersioned),
         1 => id.clone().prop_map(Op::LookupAndDelete),
         1 => id.clone().prop_map(Op::Delete),
         1 => prop::option::of(id.clone()).prop_map(Op::NextKey),
@@ -153,6 +168,8 @@ proptest! {
         prop_assert_eq!(map.as_ref().err(), model.as_ref().err());
         let (Ok(mut map), Ok(mut model)) = (map, model) else { return Ok(()) };
         let vs = attr.value_size as usize;
+        // (map's ref, model's ref) for every versioned call that succeeded.
+        let mut refs: Vec<(StackRef, StackRef)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::StackId { cpu, stack, flags, resolve } => {
@@ -169,10 +186,28 @@ proptest! {
                     let want = model.get_stackid_pe(stack, *flags, Some(&Fake));
                     prop_assert_eq!(got, want, "op {} {:?}", i, op);
                 }
+                Op::StackIdVersioned { cpu, stack, flags } => {
+                    let got = map.get_stackid_versioned(*cpu, stack, *flags);
+                    let want = model.get_stackid_versioned(stack, *flags);
+                    prop_assert_eq!(got.map(|r| r.id), want.map(|r| r.id), "op {} {:?}", i, op);
+                    if let (Ok(g), Ok(w)) = (got, want) {
+                        for (j, &(g2, w2)) in refs.iter().enumerate() {
+                            prop_assert_eq!(g == g2, w == w2, "op {} {:?}: ref {} {:?}", i, op, j, g2);
+                        }
+                        refs.push((g, w));
+                    }
+                }
                 Op::Lookup(id) => {
                     let mut v = vec![0xa5u8; vs];
                     let got = map.lookup(*id, &mut v).map(|()| v);
                     prop_assert_eq!(got, model.lookup(*id), "op {} {:?}", i, op);
+                }
+                Op::LookupVersioned(n) => {
+                    if let Some(&(g, w)) = refs.get(n % refs.len().max(1)) {
+                        let mut v = vec![0xa5u8; vs];
+                        let got = map.lookup_versioned(g, &mut v).map(|()| v);
+                        prop_assert_eq!(got, model.lookup_versioned(w), "op {} {:?}: {:?}", i, op, g);
+                    }
                 }
                 Op::LookupAndDelete(id) => {
                     let mut v = vec![0xa5u8; vs];
@@ -186,6 +221,29 @@ proptest! {
         }
         if attr.map_flags & BPF_F_WRONLY == 0 {
             prop_assert_eq!(dump(&map).unwrap(), model.dump());
+        }
+        for &(g, w) in &refs {
+            let mut v = vec![0xa5u8; vs];
+            let got = map.lookup_versioned(g, &mut v).map(|()| v);
+            prop_assert_eq!(got, model.lookup_versioned(w), "at the end: {:?}", g);
+        }
+        match map.iter() {
+            Ok(it) => {
+                // Frames as value bytes, zero-padded: the model's dump.
+                let got: Vec<(u32, Vec<u8>)> = it
+                    .map(|(id, frames)| {
+                        let mut v: Vec<u8> = frames.iter().flat_map(|ip| ip.to_ne_bytes()).collect();
+                        v.resize(vs, 0);
+                        (id, v)
+                    })
+                    .collect();
+                prop_assert_eq!(got, model.dump());
+            }
+            Err(e) => {
+                let want = if attr.map_flags & BPF_F_WRONLY != 0 { Error::Perm } else { Error::Inval };
+                prop_assert_eq!(e, want);
+                prop_assert!(e == Error::Perm || attr.map_flags & BPF_F_STACK_BUILD_ID != 0);
+            }
         }
         let (used, free) = map.audit().expect("conservation");
         prop_assert_eq!(free as u32, model.free());

@@ -61,7 +61,7 @@ const REFRESH: Duration = Duration::from_millis(200);
 impl Resolvers {
     /// The resolver for `pid` (whose snapshot `table` already holds).
     pub fn get(&mut self, pid: u32, table: &MapsTable) -> &ProcMaps {
-        let n = table.mappings(pid).len();
+        let n = table.mappings(pid, table.generation(pid)).len();
         let stale = self
             .by_pid
             .get(&pid)
@@ -116,7 +116,8 @@ mod tests {
         table.ensure(me);
         // Pretend a process that is gone had our mappings.
         let gone = u32::MAX - 1;
-        for m in table.mappings(me).to_vec() {
+        table.exec(gone);
+        for m in table.mappings(me, 0).to_vec() {
             table.add(gone, m);
         }
         let mut r = Resolvers::default();

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::symbolize::Stack;
+use std::borrow::Cow;
+
+use crate::symbolize::{display_name, Stack};
 
 /// Creates `dir` and checks that files can be written there, before any
 /// recording starts.
@@ -22,11 +24,39 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Folded lines (`frame;frame;... count`), merged and sorted.
-pub fn folded(stacks: &[Stack]) -> Vec<String> {
+/// What the root frame of each folded stack names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Root {
+    /// The thread's name (`comm`), as BCC's `profile` and perf do.
+    #[default]
+    Comm,
+    /// The process: `name (pid N)`.
+    Process,
+    /// The process, then the thread under it: `name (pid N);name (tid M)`.
+    Thread,
+}
+
+/// The root frames of `s` for `mode`.
+pub fn roots(s: &Stack, mode: Root) -> Vec<String> {
+    let clean = |n: &str| n.replace(';', ":");
+    let process = || format!("{} (pid {})", clean(&s.pcomm), s.pid);
+    match mode {
+        Root::Comm => vec![clean(&s.comm)],
+        Root::Process => vec![process()],
+        Root::Thread => vec![process(), format!("{} (tid {})", clean(&s.comm), s.tid)],
+    }
+}
+
+/// Folded lines (`frame;frame;... count`, root first), merged and sorted.
+pub fn folded(stacks: &[Stack], mode: Root) -> Vec<String> {
     let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for s in stacks {
-        *merged.entry(s.frames.join(";")).or_insert(0) += s.count;
+        let mut line = roots(s, mode).join(";");
+        for f in &s.frames {
+            line.push(';');
+            line.push_str(&display_name(f));
+        }
+        *merged.entry(line).or_insert(0) += s.count;
     }
     merged
         .into_iter()
@@ -35,8 +65,11 @@ pub fn folded(stacks: &[Stack]) -> Vec<String> {
 }
 
 /// Writes `stacks.folded` and `flamegraph.svg` into `dir`.
-pub fn write_all(dir: &Path, stacks: &[Stack], title: &str) -> Result<()> {
-    let lines = folded(stacks);
+///
+/// # Errors
+/// A file could not be written.
+pub fn write_folded_and_svg(dir: &Path, stacks: &[Stack], mode: Root, title: &str) -> Result<()> {
+    let lines = folded(stacks, mode);
     let path = dir.join("stacks.folded");
     let mut text = lines.join("\n");
     text.push('\n');
@@ -73,22 +106,36 @@ pub struct Shares {
 }
 
 impl Shares {
-    /// Self counts the innermost frame; total counts every frame once per stack.
-    /// The first frame (the comm) is not a function and is skipped.
+    /// Self counts the innermost frame; total counts every function once
+    /// per stack (recursion is not counted twice). Root frames (thread,
+    /// process) are not functions and are not counted.
     pub fn of(stacks: &[Stack]) -> Shares {
         let mut sh = Shares::default();
         for s in stacks {
             sh.total_samples += s.count;
-            let funcs = s.frames.get(1..).unwrap_or(&[]);
-            if let Some(leaf) = funcs.last() {
-                sh.by_name.entry(leaf.clone()).or_default().0 += s.count;
+            let names: Vec<Cow<'_, str>> = s.frames.iter().map(display_name).collect();
+            if let Some(leaf) = names.last() {
+                sh.by_name.entry(leaf.to_string()).or_default().0 += s.count;
             }
-            let uniq: HashSet<&String> = funcs.iter().collect();
+            let uniq: HashSet<&str> = names.iter().map(|n| n.as_ref()).collect();
             for f in uniq {
-                sh.by_name.entry(f.clone()).or_default().1 += s.count;
+                sh.by_name.entry(f.to_string()).or_default().1 += s.count;
             }
         }
         sh
+    }
+
+    /// The `n` rows of the table: (name, self, total), by self time, then
+    /// total, then name.
+    pub fn rows(&self, n: usize) -> Vec<(&str, u64, u64)> {
+        let mut rows: Vec<(&str, u64, u64)> = self
+            .by_name
+            .iter()
+            .map(|(k, &(s, t))| (k.as_str(), s, t))
+            .collect();
+        rows.sort_by(|a, b| (b.1, b.2, a.0).cmp(&(a.1, a.2, b.0)));
+        rows.truncate(n);
+        rows
     }
 
     /// Percentage of all samples.
@@ -102,13 +149,11 @@ impl Shares {
 
     /// The table, `n` rows by self time (then total).
     pub fn table(&self, n: usize) -> String {
-        let mut rows: Vec<(&String, &(u64, u64))> = self.by_name.iter().collect();
-        rows.sort_by(|a, b| (b.1 .0, b.1 .1, a.0).cmp(&(a.1 .0, a.1 .1, b.0)));
         let mut out = format!(
             "{:>7} {:>7}  {}  ({} samples)\n",
             "SELF%", "TOTAL%", "FUNCTION", self.total_samples
         );
-        for (name, &(slf, tot)) in rows.into_iter().take(n) {
+        for (name, slf, tot) in self.rows(n) {
             out.push_str(&format!(
                 "{:>6.2}% {:>6.2}%  {}\n",
                 self.pct(slf),
@@ -123,10 +168,35 @@ impl Shares {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbolize::{Frame, Kind};
 
     fn st(frames: &[&str], count: u64) -> Stack {
         Stack {
-            frames: frames.iter().map(|s| s.to_string()).collect(),
+            pid: 10,
+            tid: 11,
+            comm: "a-thread".into(),
+            pcomm: "a".into(),
+            frames: frames
+                .iter()
+                .map(|s| match s.strip_suffix("_[k]") {
+                    Some(k) => Frame {
+                        name: k.to_string(),
+                        kind: Kind::Kernel,
+                        addr: 0,
+                        file: None,
+                        source: None,
+                        inlined: false,
+                    },
+                    None => Frame {
+                        name: s.to_string(),
+                        kind: Kind::User,
+                        addr: 0,
+                        file: None,
+                        source: None,
+                        inlined: false,
+                    },
+                })
+                .collect(),
             count,
         }
     }
@@ -134,20 +204,35 @@ mod tests {
     #[test]
     fn folded_merges_and_sorts() {
         let s = [
-            st(&["a", "main", "f"], 2),
-            st(&["a", "main", "f"], 3),
-            st(&["a", "main"], 1),
+            st(&["main", "f"], 2),
+            st(&["main", "f"], 3),
+            st(&["main"], 1),
+            st(&["main", "read", "vfs_read_[k]"], 1),
         ];
-        assert_eq!(folded(&s), vec!["a;main 1", "a;main;f 5"]);
+        assert_eq!(
+            folded(&s, Root::Comm),
+            vec![
+                "a-thread;main 1",
+                "a-thread;main;f 5",
+                "a-thread;main;read;vfs_read_[k] 1"
+            ]
+        );
+        assert_eq!(folded(&s[2..3], Root::Process), vec!["a (pid 10);main 1"]);
+        assert_eq!(
+            folded(&s[2..3], Root::Thread),
+            vec!["a (pid 10);a-thread (tid 11);main 1"]
+        );
     }
 
     #[test]
     fn shares_count_self_and_total_once() {
-        let s = [st(&["a", "main", "f", "f"], 3), st(&["a", "main", "g"], 1)];
+        let s = [st(&["main", "f", "f"], 3), st(&["main", "g_[k]"], 1)];
         let sh = Shares::of(&s);
         assert_eq!(sh.total_samples, 4);
         assert_eq!(sh.by_name["f"], (3, 3));
         assert_eq!(sh.by_name["main"], (0, 4));
+        assert_eq!(sh.by_name["g_[k]"], (1, 1));
         assert!(sh.table(10).contains("75.00%"));
+        assert_eq!(sh.rows(1), vec![("f", 3, 3)]);
     }
 }

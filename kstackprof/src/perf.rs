@@ -27,15 +27,23 @@ const SAMPLE_TYPE: u64 =
 /// second of samples at 1 kHz with 127-deep chains.
 const DATA_PAGES: usize = 64;
 
-/// What to sample.
+/// What one event samples.
 #[derive(Clone, Copy, Debug)]
-pub enum Scope {
-    /// Every task on the CPU (filtering is the caller's job), like BCC's
-    /// `profile`: a per-CPU event with `pid = -1`.
-    AllTasks,
-    /// One process and every task it creates after the event is opened
-    /// (`inherit`), counting from its next `execve` (`enable_on_exec`).
-    ExecOf(libc::pid_t),
+pub struct EventSpec {
+    /// `perf_event_open`'s pid: -1 for every task on the CPU (filtering is
+    /// the caller's job, like BCC's `profile`), or a task id.
+    pub pid: libc::pid_t,
+    /// Follow the tasks `pid` creates after the event is opened (threads
+    /// and processes); their samples go to the same ring.
+    pub inherit: bool,
+    /// Start counting at `pid`'s next `execve`.
+    pub enable_on_exec: bool,
+    /// User space only (`exclude_kernel`): what `perf_event_paranoid` 2
+    /// allows an unprivileged user. Samples taken in the kernel are not
+    /// taken at all, and callchains have no kernel part.
+    pub user_only: bool,
+    /// Samples per second.
+    pub freq: u64,
 }
 
 /// One record parsed out of a ring.
@@ -52,8 +60,14 @@ pub enum Record<'a> {
     },
     /// `PERF_RECORD_LOST`: the ring was full and `lost` records were dropped.
     Lost { lost: u64 },
-    /// `PERF_RECORD_COMM`: a thread's name changed (exec, prctl).
-    Comm { tid: u32, comm: &'a [u8] },
+    /// `PERF_RECORD_COMM`: a thread's name changed (`exec` when `exec`
+    /// is set: the process's old mappings are gone; or prctl).
+    Comm {
+        pid: u32,
+        tid: u32,
+        comm: &'a [u8],
+        exec: bool,
+    },
     /// `PERF_RECORD_MMAP2`: an executable mapping appeared.
     Mmap2 {
         pid: u32,
@@ -62,15 +76,29 @@ pub enum Record<'a> {
         pgoff: u64,
         filename: &'a [u8],
     },
-    /// `PERF_RECORD_FORK`: `pid` was created by `ppid`.
-    Fork { pid: u32, ppid: u32 },
-    /// Anything else (EXIT, THROTTLE, ...): ignored.
+    /// `PERF_RECORD_FORK`: task `tid` of process `pid` was created by
+    /// task `ptid` of process `ppid` (`pid == ppid` for a new thread).
+    Fork {
+        pid: u32,
+        ppid: u32,
+        tid: u32,
+        ptid: u32,
+    },
+    /// `PERF_RECORD_THROTTLE`: the kernel stopped sampling this event for
+    /// the rest of a tick (too many interrupts).
+    Throttle,
+    /// Anything else (EXIT, UNTHROTTLE, ...): ignored.
     Other,
 }
 
-/// One CPU's event and its mapped ring buffer.
+/// One CPU's ring buffer, the event that owns it, and any further events
+/// on the same CPU whose output was redirected into it
+/// (`PERF_EVENT_IOC_SET_OUTPUT`; the kernel allows that between events of
+/// one CPU).
 pub struct Ring {
     fd: OwnedFd,
+    /// Events writing into this ring besides `fd`.
+    more: Vec<OwnedFd>,
     base: NonNull<u8>,
     map_len: usize,
     page: usize,
@@ -85,70 +113,109 @@ pub struct Ring {
 // (and the kernel, through the documented head/tail protocol).
 unsafe impl Send for Ring {}
 
+/// Opens one cpu-clock sampling event (not mapped).
+pub fn open_event(spec: &EventSpec, cpu: usize, disabled: bool) -> io::Result<OwnedFd> {
+    // SAFETY: perf_event_attr is plain data; all-zero is its documented default.
+    let mut attr: b::perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.type_ = b::PERF_TYPE_SOFTWARE;
+    attr.size = std::mem::size_of::<b::perf_event_attr>() as u32;
+    attr.config = b::PERF_COUNT_SW_CPU_CLOCK as u64;
+    attr.__bindgen_anon_1.sample_freq = spec.freq;
+    attr.set_freq(1);
+    attr.sample_type = SAMPLE_TYPE;
+    attr.sample_max_stack = kstackmap::uapi::PERF_MAX_STACK_DEPTH as u16;
+    attr.set_comm(1);
+    attr.set_comm_exec(1);
+    attr.set_mmap(1);
+    attr.set_mmap2(1);
+    attr.set_task(1);
+    attr.set_disabled(u64::from(disabled));
+    attr.set_inherit(u64::from(spec.inherit));
+    attr.set_enable_on_exec(u64::from(spec.enable_on_exec));
+    if spec.user_only {
+        attr.set_exclude_kernel(1);
+        attr.set_exclude_hv(1);
+        attr.set_exclude_callchain_kernel(1);
+    }
+    // Wake the reader once a quarter of the ring is full (the ring's size
+    // is set at mmap time; this is only a hint).
+    attr.set_watermark(1);
+    attr.__bindgen_anon_2.wakeup_watermark = (DATA_PAGES * page_size() / 4) as u32;
+    // SAFETY: attr is a valid, initialized perf_event_attr of the declared size.
+    let fd = unsafe {
+        sys::perf_event_open(
+            &mut attr,
+            spec.pid,
+            cpu as i32,
+            -1,
+            b::PERF_FLAG_FD_CLOEXEC as _,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Ring {
-    /// Opens a cpu-clock sampling event at `freq` Hz on `cpu` and maps its ring.
-    pub fn open(scope: Scope, cpu: usize, freq: u64) -> io::Result<Ring> {
-        // SAFETY: perf_event_attr is plain data; all-zero is its documented default.
-        let mut attr: b::perf_event_attr = unsafe { std::mem::zeroed() };
-        attr.type_ = b::PERF_TYPE_SOFTWARE;
-        attr.size = std::mem::size_of::<b::perf_event_attr>() as u32;
-        attr.config = b::PERF_COUNT_SW_CPU_CLOCK as u64;
-        attr.__bindgen_anon_1.sample_freq = freq;
-        attr.set_freq(1);
-        attr.sample_type = SAMPLE_TYPE;
-        attr.sample_max_stack = kstackmap::uapi::PERF_MAX_STACK_DEPTH as u16;
-        attr.set_comm(1);
-        attr.set_mmap(1);
-        attr.set_mmap2(1);
-        attr.set_task(1);
-        attr.set_disabled(1);
-        // Wake the reader once a quarter of the ring is full.
-        attr.set_watermark(1);
-        attr.__bindgen_anon_2.wakeup_watermark = (DATA_PAGES * page_size() / 4) as u32;
-        let pid = match scope {
-            Scope::AllTasks => -1,
-            Scope::ExecOf(pid) => {
-                attr.set_inherit(1);
-                attr.set_enable_on_exec(1);
-                pid
-            }
-        };
-        // SAFETY: attr is a valid, initialized perf_event_attr of the declared size.
-        let fd = unsafe {
-            sys::perf_event_open(&mut attr, pid, cpu as i32, -1, b::PERF_FLAG_FD_CLOEXEC as _)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just handed us this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    /// Opens a cpu-clock sampling event at `spec.freq` Hz on `cpu`
+    /// (disabled: see [`Ring::enable`]) and maps its ring. When the
+    /// locked-memory limit refuses [`DATA_PAGES`] pages, smaller rings
+    /// are tried (down to 8 pages).
+    pub fn open(spec: &EventSpec, cpu: usize) -> io::Result<Ring> {
+        let fd = open_event(spec, cpu, true)?;
         let page = page_size();
-        let map_len = page * (1 + DATA_PAGES);
-        // SAFETY: mapping a perf fd shared read-write is the documented ring
-        // interface; the result is checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
+        let mut pages = DATA_PAGES;
+        let base = loop {
+            let map_len = page * (1 + pages);
+            // SAFETY: mapping a perf fd shared read-write is the documented
+            // ring interface; the result is checked below.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if base != libc::MAP_FAILED {
+                break base;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EPERM) && pages > 8 {
+                pages /= 2;
+                continue;
+            }
+            return Err(err);
         };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let base = NonNull::new(base.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         Ok(Ring {
             fd,
+            more: Vec::new(),
             base,
-            map_len,
+            map_len: page * (1 + pages),
             page,
-            data_size: (DATA_PAGES * page) as u64,
+            data_size: (pages * page) as u64,
             cpu,
             scratch: Vec::new(),
         })
+    }
+
+    /// Opens one more event on this ring's CPU and sends its records
+    /// into this ring. `enabled`: start sampling at once (for events added
+    /// while recording).
+    pub fn add(&mut self, spec: &EventSpec, enabled: bool) -> io::Result<()> {
+        let fd = open_event(spec, self.cpu, !enabled)?;
+        // SAFETY: two valid perf event fds of the same CPU; SET_OUTPUT
+        // takes the target fd as its integer argument.
+        if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), self.fd.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.more.push(fd);
+        Ok(())
     }
 
     /// The event's fd (for poll).
@@ -156,19 +223,24 @@ impl Ring {
         self.fd.as_raw_fd()
     }
 
-    /// Starts counting (for `AllTasks`; `ExecOf` starts at exec by itself).
+    /// Starts counting (events opened with `enable_on_exec` start by
+    /// themselves).
     pub fn enable(&self) -> io::Result<()> {
-        // SAFETY: a valid perf event fd; ENABLE takes no pointer.
-        if unsafe { sys::ioctls::ENABLE(self.fd.as_raw_fd(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
+        for fd in std::iter::once(&self.fd).chain(&self.more) {
+            // SAFETY: a valid perf event fd; ENABLE takes no pointer.
+            if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     }
 
     /// Stops counting; the ring can still be drained.
     pub fn disable(&self) {
-        // SAFETY: a valid perf event fd; DISABLE takes no pointer.
-        unsafe { sys::ioctls::DISABLE(self.fd.as_raw_fd(), 0) };
+        for fd in std::iter::once(&self.fd).chain(&self.more) {
+            // SAFETY: a valid perf event fd; DISABLE takes no pointer.
+            unsafe { sys::ioctls::DISABLE(fd.as_raw_fd(), 0) };
+        }
     }
 
     fn cursor(&self, offset: usize) -> &AtomicU64 {
@@ -261,6 +333,7 @@ pub fn parse(rec: &[u8]) -> Record<'_> {
 
 fn parse_inner(rec: &[u8]) -> Option<Record<'_>> {
     let ty = rd_u32(rec, 0)?;
+    let misc = u16::from_ne_bytes(rec.get(4..6)?.try_into().ok()?);
     let body = rec.get(8..)?;
     Some(match ty {
         b::PERF_RECORD_SAMPLE => {
@@ -281,8 +354,10 @@ fn parse_inner(rec: &[u8]) -> Option<Record<'_>> {
             lost: rd_u64(body, 8)?,
         },
         b::PERF_RECORD_COMM => Record::Comm {
+            pid: rd_u32(body, 0)?,
             tid: rd_u32(body, 4)?,
             comm: cstr(body.get(8..)?),
+            exec: u32::from(misc) & b::PERF_RECORD_MISC_COMM_EXEC != 0,
         },
         b::PERF_RECORD_MMAP2 => Record::Mmap2 {
             pid: rd_u32(body, 0)?,
@@ -296,7 +371,10 @@ fn parse_inner(rec: &[u8]) -> Option<Record<'_>> {
         b::PERF_RECORD_FORK => Record::Fork {
             pid: rd_u32(body, 0)?,
             ppid: rd_u32(body, 4)?,
+            tid: rd_u32(body, 8)?,
+            ptid: rd_u32(body, 12)?,
         },
+        b::PERF_RECORD_THROTTLE => Record::Throttle,
         _ => Record::Other,
     })
 }
@@ -398,7 +476,12 @@ mod tests {
         w[1] = 5 | (6 << 32); // pid, tid
         as_bytes_mut(&mut w)[16..21].copy_from_slice(b"perl\0");
         match parse(as_bytes_mut(&mut w)) {
-            Record::Comm { tid, comm } => assert_eq!((tid, comm), (6, &b"perl"[..])),
+            Record::Comm {
+                pid,
+                tid,
+                comm,
+                exec,
+            } => assert_eq!((pid, tid, comm, exec), (5, 6, &b"perl"[..], false)),
             other => panic!("{other:?}"),
         }
         // A truncated record is skipped, not a panic.

@@ -1,36 +1,52 @@
 //! Recording: perf samples in, stack ids and counts out.
 //!
-//! Every sample goes through the stack map twice, as BCC's `profile` does
+//! Every sample goes through the stack store twice, as BCC's `profile` does
 //! with `bpf_get_stackid`: once for the kernel part (flags 0) and once for
-//! the user part (`BPF_F_USER_STACK`), each into its own fixed-size map.
-//! The front end counts `(pid, comm, kernel id, user id)`.
+//! the user part (`BPF_F_USER_STACK`). The front end counts
+//! `(pid, tid, comm, kernel id, user id)`.
+//!
+//! Events, by target:
+//! - a command: one event per CPU on the forked child (`inherit`,
+//!   `enable_on_exec`), so everything it starts is followed;
+//! - `-p PID`: per-task events, one per (thread, CPU), each thread's events
+//!   with `inherit` so the threads it creates later are followed (their
+//!   `PERF_RECORD_FORK` tells which); `/proc/PID/task` is scanned again
+//!   every [`RESCAN`] for threads that neither existed at the start nor were
+//!   inherited. Per-task events are what `perf record -p` uses: they work
+//!   at `perf_event_paranoid` 1 for one's own processes;
+//! - the whole system: one CPU-wide event per CPU (`perf_event_paranoid`
+//!   0 or lower, or CAP_PERFMON).
+//!
+//! At `perf_event_paranoid` 2 an unprivileged user may not sample the
+//! kernel: per-task events are then opened user-only (`exclude_kernel`),
+//! with a one-line note.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsString};
-use std::io::{IsTerminal, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{anyhow, bail, Context, Result};
-use kstackmap::uapi::{BPF_F_STACK_BUILD_ID, BPF_F_USER_STACK, PERF_MAX_STACK_DEPTH};
-use kstackmap::{Error as MapError, StackBuildId};
+use anyhow::{anyhow, bail, Result};
+use kstackmap::Error as MapError;
 
 use crate::buildid::{BuildIds, Resolvers};
+use crate::child::{resolve_program, Child, Ended};
 use crate::maps::{Mapping, MapsTable};
-use crate::perf::{self, Record, Ring, Scope};
-use crate::stackmap::{Config, MapAttr, StackMap};
+use crate::perf::{self, EventSpec, Record, Ring};
+use crate::store::{DepotSize, Store};
 
 /// What to profile.
 #[derive(Clone, Debug)]
 pub enum Target {
     /// Every task on the machine.
     System,
-    /// One running process (all its threads).
+    /// One running process (all its threads, also ones it starts later).
     Pid(u32),
-    /// A command started by us, and everything it forks.
+    /// A command started by us, and everything it starts.
     Command(Vec<OsString>),
 }
 
@@ -40,9 +56,23 @@ pub struct Options {
     pub target: Target,
     pub freq: u64,
     pub duration: Option<Duration>,
-    pub storage_size: u32,
-    /// Store user frames as `StackBuildId`s (a `BPF_F_STACK_BUILD_ID` map).
+    /// Where stacks are kept.
+    pub store: StoreKind,
+    /// Store user frames as `StackBuildId`s.
     pub build_id: bool,
+}
+
+/// Which stack store to record into.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreKind {
+    /// A depot (the default); sized from the rate, the duration and the
+    /// CPUs unless given.
+    Depot {
+        capacity: Option<u32>,
+        arena_words: Option<usize>,
+    },
+    /// Two kernel-exact maps of this many entries (`--kernel-map`).
+    KernelMap { entries: u32 },
 }
 
 /// One part of a sample's stack.
@@ -53,7 +83,8 @@ pub enum Part {
     /// The sample has no such part (kernel part of a user-mode sample, user
     /// part of a kernel thread): the map said EFAULT.
     Absent,
-    /// The map could not store it (EEXIST: hash collision, ENOMEM: full).
+    /// The store could not keep it (map: EEXIST, a hash collision, or
+    /// ENOMEM, full).
     Missed,
 }
 
@@ -61,65 +92,74 @@ pub enum Part {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub pid: u32,
+    pub tid: u32,
+    /// The exec generation of `pid` the sample was taken in (see
+    /// [`MapsTable`]).
+    pub gen: u32,
+    /// The thread's name.
     pub comm: Arc<str>,
+    /// The process's name (its main thread's).
+    pub pcomm: Arc<str>,
     pub kernel: Part,
     pub user: Part,
 }
 
-/// A finished recording: the two maps and everything needed to read them.
+/// A finished recording: the stores and everything needed to read them.
 pub struct Profile {
-    pub kernel_map: StackMap,
-    pub user_map: StackMap,
+    pub store: Store,
     pub counts: HashMap<Key, u64>,
+    /// Samples taken (of the target).
     pub samples: u64,
+    /// Samples the kernel dropped because a ring was full (`PERF_RECORD_LOST`).
     pub lost: u64,
+    /// Times the kernel throttled sampling (`PERF_RECORD_THROTTLE`).
+    pub throttled: u64,
+    /// Stack parts the store could not keep.
     pub missed: u64,
+    /// Distinct stacks: distinct (kernel part, user part) pairs.
     pub stacks: usize,
     pub maps: MapsTable,
-    /// Whether `user_map` holds `StackBuildId` frames.
-    pub build_id: bool,
     /// Build ids of the files seen, and back to the files.
     pub build_ids: BuildIds,
+    /// When recording started (wall clock) and how long it ran.
+    pub started: SystemTime,
     pub elapsed: Duration,
-    /// How the child ended (command mode).
-    pub child_status: Option<i32>,
+    pub freq: u64,
+    /// Whether only user space was sampled (`perf_event_paranoid` 2).
+    pub user_only: bool,
+    /// How the launched command ended (command mode).
+    pub child: Option<Ended>,
 }
 
-/// Words per stored stack (`value_size / 8`).
-pub const STACK_WORDS: u32 = PERF_MAX_STACK_DEPTH;
+/// How often `-p` looks for threads it does not sample yet.
+pub const RESCAN: Duration = Duration::from_millis(200);
 
 struct State {
-    kernel_map: StackMap,
-    user_map: StackMap,
+    store: Store,
     counts: HashMap<Key, u64>,
-    ids: HashSet<(bool, u32)>,
+    pairs: HashSet<(Part, Part)>,
     comms: HashMap<u32, Arc<str>>,
     maps: MapsTable,
-    build_id: bool,
     resolvers: Resolvers,
     filter: Option<u32>,
+    /// `-p`: threads of the target created by a sampled thread (covered by
+    /// `inherit`).
+    inherited: HashSet<u32>,
     samples: u64,
     lost: u64,
+    throttled: u64,
     missed: u64,
 }
 
 impl State {
     fn part(&mut self, user: bool, pid: u32, cpu: usize, chain: &[u64]) -> Part {
-        let res = if !user {
-            self.kernel_map.get_stackid_pe(cpu, chain, 0)
-        } else if self.build_id {
+        let resolver = (user && self.store.build_id()).then(|| {
             self.maps.ensure(pid);
-            let r = self.resolvers.get(pid, &self.maps);
-            self.user_map
-                .get_stackid_pe_resolved(cpu, chain, BPF_F_USER_STACK, r)
-        } else {
-            self.user_map.get_stackid_pe(cpu, chain, BPF_F_USER_STACK)
-        };
+            self.resolvers.get(pid, &self.maps)
+        });
+        let res = self.store.intern(cpu, chain, user, resolver);
         match res {
-            Ok(id) => {
-                self.ids.insert((user, id));
-                Part::Id(id)
-            }
+            Ok(id) => Part::Id(id),
             Err(MapError::Fault) => Part::Absent,
             Err(_) => {
                 self.missed += 1;
@@ -131,16 +171,7 @@ impl State {
     fn comm(&mut self, pid: u32, tid: u32) -> Arc<str> {
         self.comms
             .entry(tid)
-            .or_insert_with(|| {
-                let path = format!("/proc/{pid}/task/{tid}/comm");
-                let name = std::fs::read_to_string(path).unwrap_or_default();
-                let name = name.trim();
-                if name.is_empty() {
-                    "[unknown]".into()
-                } else {
-                    name.into()
-                }
-            })
+            .or_insert_with(|| read_comm(pid, tid))
             .clone()
     }
 
@@ -155,24 +186,38 @@ impl State {
                     return;
                 }
                 self.samples += 1;
+                // First sight of a process that was running before we
+                // started: its mappings, while it is still there.
+                self.maps.ensure(pid);
                 let kernel = self.part(false, pid, cpu, callchain);
                 let user = self.part(true, pid, cpu, callchain);
-                if matches!(user, Part::Id(_)) {
-                    self.maps.ensure(pid);
-                }
+                self.pairs.insert((kernel, user));
                 let comm = self.comm(pid, tid);
+                let pcomm = self.comm(pid, pid);
                 let key = Key {
                     pid,
+                    tid,
+                    gen: self.maps.generation(pid),
                     comm,
+                    pcomm,
                     kernel,
                     user,
                 };
                 *self.counts.entry(key).or_insert(0) += 1;
             }
             Record::Lost { lost } => self.lost += lost,
-            Record::Comm { tid, comm, .. } => {
+            Record::Throttle => self.throttled += 1,
+            Record::Comm {
+                pid,
+                tid,
+                comm,
+                exec,
+            } => {
                 let name = String::from_utf8_lossy(comm);
                 self.comms.insert(tid, name.as_ref().into());
+                if exec {
+                    self.maps.exec(pid);
+                }
             }
             Record::Mmap2 {
                 pid,
@@ -194,9 +239,21 @@ impl State {
                     );
                 }
             }
-            Record::Fork { pid, ppid } => {
+            Record::Fork {
+                pid,
+                ppid,
+                tid,
+                ptid,
+            } => {
+                // The new task is named like its creator until it execs or
+                // renames itself.
+                if let Some(c) = self.comms.get(&ptid).cloned() {
+                    self.comms.entry(tid).or_insert(c);
+                }
                 if pid != ppid {
                     self.maps.fork(ppid, pid);
+                } else if self.filter == Some(pid) {
+                    self.inherited.insert(tid);
                 }
             }
             Record::Other => {}
@@ -204,24 +261,60 @@ impl State {
     }
 }
 
+fn read_comm(pid: u32, tid: u32) -> Arc<str> {
+    let path = format!("/proc/{pid}/task/{tid}/comm");
+    let name = std::fs::read_to_string(path).unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() {
+        "[unknown]".into()
+    } else {
+        name.into()
+    }
+}
+
+/// What a set of events needs from `perf_event_paranoid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// CPU-wide events: paranoid <= 0.
+    CpuWide,
+    /// Per-task events with kernel samples: paranoid <= 1.
+    Task,
+    /// Per-task, user space only: paranoid <= 2, and the task must be one's
+    /// own.
+    TaskUserOnly,
+}
+
+fn is_perm(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+}
+
 /// Why a perf_event_open failed, in words a person can act on.
-fn open_error(err: std::io::Error, scope: Scope) -> anyhow::Error {
+fn open_error(err: std::io::Error, need: Need, target: &Target) -> anyhow::Error {
+    let level = perf::paranoid_level().map_or_else(|| "unknown".to_string(), |l| l.to_string());
     match err.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            let level =
-                perf::paranoid_level().map_or_else(|| "unknown".to_string(), |l| l.to_string());
-            // Kernel callchains need <= 1; CPU-wide events (-p, system) <= 0.
-            let need = match scope {
-                Scope::AllTasks => 0,
-                Scope::ExecOf(_) => 1,
-            };
-            anyhow!(
+        Some(libc::EACCES) | Some(libc::EPERM) => match need {
+            Need::CpuWide => anyhow!(
                 "permission denied opening perf events (kernel.perf_event_paranoid = {level}); \
-                 run as root, grant CAP_PERFMON (setcap cap_perfmon+ep), or run \
-                 `sysctl kernel.perf_event_paranoid={need}`"
-            )
-        }
+                 whole-system profiling needs root, CAP_PERFMON (setcap cap_perfmon+ep), or \
+                 `sysctl kernel.perf_event_paranoid=0`"
+            ),
+            Need::Task | Need::TaskUserOnly => {
+                let whose = match target {
+                    Target::Pid(pid) => format!("process {pid} is not yours or "),
+                    _ => String::new(),
+                };
+                anyhow!(
+                    "permission denied opening perf events (kernel.perf_event_paranoid = {level}): \
+                     {whose}perf events are disabled for unprivileged users; run as root, grant \
+                     CAP_PERFMON (setcap cap_perfmon+ep), or run \
+                     `sysctl kernel.perf_event_paranoid=1`"
+                )
+            }
+        },
         Some(libc::ESRCH) => anyhow!("no such process"),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => anyhow!(
+            "too many open files for one event per thread and CPU ({err}); raise `ulimit -n`"
+        ),
         Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) => {
             anyhow!("this kernel has no cpu-clock perf event: {err}")
         }
@@ -229,259 +322,270 @@ fn open_error(err: std::io::Error, scope: Scope) -> anyhow::Error {
     }
 }
 
-fn open_rings(scope: Scope, freq: u64) -> Result<Vec<Ring>> {
-    let mut rings = Vec::new();
-    for cpu in perf::online_cpus() {
-        match Ring::open(scope, cpu, freq) {
-            Ok(r) => rings.push(r),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !rings.is_empty() => {
-                bail!("perf ring mmap: {e} (raise kernel.perf_event_mlock_kb or ulimit -l)")
-            }
-            Err(e) => return Err(open_error(e, scope)),
-        }
-    }
-    if rings.is_empty() {
-        bail!("no online CPU found");
-    }
-    Ok(rings)
+/// One ring per CPU, each with the event `spec` (CPU-wide or one task).
+fn open_per_cpu(spec: &EventSpec) -> std::io::Result<Vec<Ring>> {
+    perf::online_cpus()
+        .into_iter()
+        .map(|cpu| Ring::open(spec, cpu))
+        .collect()
 }
 
-/// A command forked and waiting for the go-ahead before `execv`.
-struct Child {
-    pid: libc::pid_t,
-    go: Option<std::fs::File>,
-    errors: std::fs::File,
-    reaped: Option<i32>,
-}
-
-/// Finds `prog` the way `execvp` would, so that "command not found" is
-/// reported before anything starts.
-fn resolve_program(prog: &std::ffi::OsStr) -> Result<PathBuf> {
-    let is_exec = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if prog.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(prog);
-        if !p.exists() {
-            bail!("command not found: {}", p.display());
-        }
-        if !is_exec(&p) {
-            bail!("not an executable file: {}", p.display());
-        }
-        return Ok(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(prog))
-        .find(|p| is_exec(p))
-        .ok_or_else(|| anyhow!("command not found: {}", prog.to_string_lossy()))
-}
-
-fn pipe() -> Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe");
-    }
-    // SAFETY: pipe2 returned two fresh fds that we now own.
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    })
-}
-
-impl Child {
-    fn spawn(argv: &[OsString]) -> Result<Child> {
-        use std::os::fd::AsRawFd;
-        let prog = argv.first().ok_or_else(|| anyhow!("no command given"))?;
-        let path = resolve_program(prog)?;
-        let path_c = CString::new(path.into_os_string().into_vec())?;
-        let args: Vec<CString> = argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<Result<_, _>>()?;
-        let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        arg_ptrs.push(std::ptr::null());
-        let (go_r, go_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        // SAFETY: fork in a process that has no other threads yet (recording
-        // starts before any thread is spawned); the child only calls
-        // async-signal-safe functions (read, execv, write, _exit).
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error()).context("fork");
-        }
-        if pid == 0 {
-            // SAFETY: see above; all pointers were prepared before the fork.
-            unsafe {
-                let mut b = 0u8;
-                libc::close(go_w.as_raw_fd());
-                if libc::read(go_r.as_raw_fd(), (&raw mut b).cast(), 1) != 1 {
-                    libc::_exit(127);
-                }
-                libc::execv(path_c.as_ptr(), arg_ptrs.as_ptr());
-                let errno = *libc::__errno_location();
-                libc::write(err_w.as_raw_fd(), (&raw const errno).cast(), 4);
-                libc::_exit(127);
-            }
-        }
-        drop(go_r);
-        drop(err_w);
-        Ok(Child {
-            pid,
-            go: Some(go_w),
-            errors: err_r,
-            reaped: None,
+/// The threads of `pid` now.
+fn tasks(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
         })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// `-p`: events for every thread of the target on every CPU, into one ring
+/// per CPU; returns the threads opened. Threads that exit meanwhile are
+/// skipped.
+///
+/// A thread created by thread A while A's events are being opened (between
+/// two CPUs) inherits only the events opened so far; that window is the
+/// few microseconds of one thread's opens.
+struct Attach {
+    pid: u32,
+    user_only: bool,
+    freq: u64,
+    opened: HashSet<u32>,
+    /// Threads seen unsampled at the last scan (opened if still so at the
+    /// next: their FORK record may not have been read yet).
+    pending: HashSet<u32>,
+    next_scan: Instant,
+}
+
+impl Attach {
+    fn spec(&self, tid: u32) -> EventSpec {
+        EventSpec {
+            pid: tid as libc::pid_t,
+            inherit: true,
+            enable_on_exec: false,
+            user_only: self.user_only,
+            freq: self.freq,
+        }
     }
 
-    /// Lets the child exec; fails if the exec failed.
-    fn go(&mut self, name: &std::ffi::OsStr) -> Result<()> {
-        use std::io::Read;
-        if let Some(mut go) = self.go.take() {
-            go.write_all(&[1]).context("starting the command")?;
+    /// Opens `tid` on every CPU (into `rings`, creating them on first use).
+    fn open_thread(
+        &mut self,
+        rings: &mut Vec<Ring>,
+        tid: u32,
+        enabled: bool,
+    ) -> std::io::Result<()> {
+        let spec = self.spec(tid);
+        let cpus = perf::online_cpus();
+        for (i, &cpu) in cpus.iter().enumerate() {
+            match rings.get_mut(i) {
+                Some(r) => r.add(&spec, enabled)?,
+                None => rings.push(Ring::open(&spec, cpu)?),
+            }
         }
-        let mut buf = [0u8; 4];
-        let n = self.errors.read(&mut buf).unwrap_or(0);
-        if n == 4 {
-            self.wait();
-            let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf));
-            bail!("cannot run {}: {err}", name.to_string_lossy());
-        }
+        self.opened.insert(tid);
         Ok(())
     }
 
-    fn try_wait(&mut self) -> bool {
-        if self.reaped.is_some() {
-            return true;
-        }
-        let mut status = 0;
-        // SAFETY: waiting on our own child.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        if r == self.pid || r < 0 {
-            self.reaped = Some(status);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn wait(&mut self) -> Option<i32> {
-        if self.reaped.is_none() {
-            let mut status = 0;
-            // SAFETY: waiting on our own child.
-            unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            self.reaped = Some(status);
-        }
-        self.reaped
-    }
-
-    /// Asks a still-running child to stop (SIGTERM, then SIGKILL after 1 s).
-    fn stop(&mut self) {
-        if self.try_wait() {
-            return;
-        }
-        // SAFETY: signalling our own, not yet reaped, child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            if self.try_wait() {
-                return;
+    fn open_all(&mut self) -> std::io::Result<Vec<Ring>> {
+        let mut rings = Vec::new();
+        let mut last_err = None;
+        for tid in tasks(self.pid) {
+            match self.open_thread(&mut rings, tid, false) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => last_err = Some(e),
+                Err(e) => return Err(e),
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        self.wait();
+        if rings.is_empty() {
+            return Err(last_err.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH)));
+        }
+        Ok(rings)
+    }
+
+    /// Opens events for threads that are neither sampled nor inherited.
+    fn rescan(&mut self, rings: &mut Vec<Ring>, inherited: &HashSet<u32>) {
+        let mut pending = HashSet::new();
+        for tid in tasks(self.pid) {
+            if self.opened.contains(&tid) || inherited.contains(&tid) {
+                continue;
+            }
+            if self.pending.contains(&tid) {
+                // Failures (the thread exited) are fine; it is retried only
+                // if it is still there.
+                let _ = self.open_thread(rings, tid, true);
+            } else {
+                pending.insert(tid);
+            }
+        }
+        self.pending = pending;
+        self.next_scan = Instant::now() + RESCAN;
     }
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        if self.go.is_some() {
-            // Never started: closing the go pipe makes it exit.
-            self.go = None;
+/// Checks the target before anything is created on disk: the process
+/// exists, the command can be found.
+///
+/// # Errors
+/// No such process, command not found, not executable.
+pub fn check_target(target: &Target) -> Result<()> {
+    match target {
+        Target::System => Ok(()),
+        Target::Pid(pid) => {
+            if *pid == 0 || !Path::new(&format!("/proc/{pid}/task")).exists() {
+                bail!("no such process: {pid}");
+            }
+            Ok(())
         }
-        if self.reaped.is_none() {
-            self.stop();
+        Target::Command(argv) => {
+            let prog = argv.first().ok_or_else(|| anyhow!("no command given"))?;
+            resolve_program(prog).map(|_| ())
         }
     }
 }
 
-fn new_map(entries: u32, nr_cpus: usize, build_id: bool) -> Result<StackMap> {
-    let (frame, map_flags) = if build_id {
-        (
-            std::mem::size_of::<StackBuildId>() as u32,
-            BPF_F_STACK_BUILD_ID,
-        )
-    } else {
-        (8, 0)
-    };
-    let attr = MapAttr {
-        max_entries: entries,
-        key_size: 4,
-        value_size: STACK_WORDS * frame,
-        map_flags,
-        numa_node: 0,
-    };
-    let cfg = Config {
-        nr_cpus,
-        max_stack: PERF_MAX_STACK_DEPTH,
-    };
-    StackMap::with_config(&attr, cfg)
-        .map_err(|e| anyhow!("cannot create a stack map of {entries} entries: {e}"))
+/// Opens per-task events with kernel samples, or user-only ones when
+/// `perf_event_paranoid` forbids the kernel; says so in one line.
+fn with_fallback<T>(
+    target: &Target,
+    mut open: impl FnMut(bool) -> std::io::Result<T>,
+) -> Result<(T, bool)> {
+    match open(false) {
+        Ok(t) => Ok((t, false)),
+        Err(e) if is_perm(&e) => match open(true) {
+            Ok(t) => {
+                let level = perf::paranoid_level().unwrap_or(2);
+                eprintln!(
+                    "kstackprof: note: kernel.perf_event_paranoid = {level}: sampling user space \
+                     only (no kernel frames, time in the kernel is not sampled); root, \
+                     CAP_PERFMON or perf_event_paranoid <= 1 adds the kernel"
+                );
+                Ok((t, true))
+            }
+            Err(e) => Err(open_error(e, Need::TaskUserOnly, target)),
+        },
+        Err(e) => Err(open_error(e, Need::Task, target)),
+    }
 }
 
 /// Records until the duration passes, the target ends, or Ctrl-C.
+///
+/// # Errors
+/// Events could not be opened (permissions, no such process), the command
+/// could not start, a map could not be created.
 pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
     let cpus = perf::online_cpus();
     let nr_cpus = cpus.iter().max().map_or(1, |m| m + 1);
+    let mut maps = MapsTable::default();
+    let mut comms = HashMap::new();
     let mut child = None;
-    let (scope, filter) = match &opts.target {
-        Target::System => (Scope::AllTasks, None),
-        Target::Pid(pid) => {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                bail!("no such process: {pid}");
+    let mut attach = None;
+    let (mut rings, user_only, filter) = match &opts.target {
+        Target::System => {
+            let spec = EventSpec {
+                pid: -1,
+                inherit: false,
+                enable_on_exec: false,
+                user_only: false,
+                freq: opts.freq,
+            };
+            let rings =
+                open_per_cpu(&spec).map_err(|e| open_error(e, Need::CpuWide, &opts.target))?;
+            // Every process's mappings and name now, as `perf record -a`
+            // does: a process that exits before its first sample is read
+            // still resolves.
+            maps.snapshot_all();
+            for pid in maps.pids().collect::<Vec<_>>() {
+                comms.insert(pid, read_comm(pid, pid));
             }
-            (Scope::AllTasks, Some(*pid))
+            (rings, false, None)
+        }
+        Target::Pid(pid) => {
+            let mut a = Attach {
+                pid: *pid,
+                user_only: false,
+                freq: opts.freq,
+                opened: HashSet::new(),
+                pending: HashSet::new(),
+                next_scan: Instant::now() + RESCAN,
+            };
+            let (rings, user_only) = with_fallback(&opts.target, |user_only| {
+                a.user_only = user_only;
+                a.opened.clear();
+                a.open_all()
+            })
+            .map_err(|e| {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    anyhow!("no such process: {pid}")
+                } else {
+                    e
+                }
+            })?;
+            maps.ensure(*pid);
+            attach = Some(a);
+            (rings, user_only, Some(*pid))
         }
         Target::Command(argv) => {
             let c = Child::spawn(argv)?;
             let pid = c.pid;
+            // On error the child exits when dropped.
             child = Some(c);
-            (Scope::ExecOf(pid), None)
+            let (rings, user_only) = with_fallback(&opts.target, |user_only| {
+                open_per_cpu(&EventSpec {
+                    pid,
+                    inherit: true,
+                    enable_on_exec: true,
+                    user_only,
+                    freq: opts.freq,
+                })
+            })?;
+            (rings, user_only, None)
         }
     };
-    // On error the child (if any) exits when dropped.
-    let mut rings = open_rings(scope, opts.freq)?;
     let mut state = State {
-        kernel_map: new_map(opts.storage_size, nr_cpus, false)?,
-        user_map: new_map(opts.storage_size, nr_cpus, opts.build_id)?,
+        store: match opts.store {
+            StoreKind::KernelMap { entries } => Store::maps(entries, nr_cpus, opts.build_id)?,
+            StoreKind::Depot {
+                capacity,
+                arena_words,
+            } => {
+                let auto = DepotSize::for_recording(
+                    opts.freq,
+                    opts.duration.map(|d| d.as_secs_f64()),
+                    cpus.len(),
+                    opts.build_id,
+                );
+                let size = DepotSize {
+                    capacity: capacity.unwrap_or(auto.capacity),
+                    arena_words: arena_words.unwrap_or(auto.arena_words),
+                };
+                Store::depot(size, nr_cpus, opts.build_id)?
+            }
+        },
         counts: HashMap::new(),
-        ids: HashSet::new(),
-        comms: HashMap::new(),
-        maps: MapsTable::default(),
-        build_id: opts.build_id,
+        pairs: HashSet::new(),
+        comms,
+        maps,
         resolvers: Resolvers::default(),
         filter,
+        inherited: HashSet::new(),
         samples: 0,
         lost: 0,
+        throttled: 0,
         missed: 0,
     };
-    if let Some(pid) = filter {
-        state.maps.ensure(pid);
-    }
+    let started = SystemTime::now();
     let start = Instant::now();
     match (&mut child, &opts.target) {
         (Some(c), Target::Command(argv)) => c.go(&argv[0])?,
         _ => {
             for r in &rings {
-                r.enable().map_err(|e| open_error(e, scope))?;
+                r.enable()
+                    .map_err(|e| open_error(e, Need::Task, &opts.target))?;
             }
         }
     }
@@ -495,8 +599,11 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
             r.drain(|rec| state.handle(cpu, rec));
         }
         let now = Instant::now();
+        if let Some(a) = attach.as_mut().filter(|a| now >= a.next_scan) {
+            a.rescan(&mut rings, &state.inherited);
+        }
         let target_gone = match (&mut child, filter) {
-            (Some(c), _) => c.try_wait(),
+            (Some(c), _) => c.poll(),
             (None, Some(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
             _ => false,
         };
@@ -508,7 +615,7 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
                 "kstackprof: {:5.1}s  {} samples  {} stacks  {} drops  {} lost",
                 (now - start).as_secs_f64(),
                 state.samples,
-                state.ids.len(),
+                state.pairs.len(),
                 state.missed,
                 state.lost
             );
@@ -533,23 +640,25 @@ pub fn record(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Profile> {
         r.drain(|rec| state.handle(cpu, rec));
     }
     let elapsed = start.elapsed();
-    let child_status = child.as_mut().and_then(|c| {
+    let ended = child.as_mut().and_then(|c| {
         c.stop();
-        c.reaped
+        c.ended()
     });
     drop(rings);
     Ok(Profile {
-        stacks: state.ids.len(),
-        kernel_map: state.kernel_map,
-        user_map: state.user_map,
+        stacks: state.pairs.len(),
+        store: state.store,
         counts: state.counts,
         samples: state.samples,
         lost: state.lost,
+        throttled: state.throttled,
         missed: state.missed,
         maps: state.maps,
-        build_id: state.build_id,
         build_ids: state.resolvers.ids,
+        started,
         elapsed,
-        child_status,
+        freq: opts.freq,
+        user_only,
+        child: ended,
     })
 }

@@ -1,9 +1,18 @@
-//! After recording: every stack id is looked up once (`StackMap::lookup`),
-//! marker words are stripped, and the addresses are symbolized with
-//! blazesym — kernel frames from kallsyms, user frames from the ELF file
-//! each address was mapped from (by file offset, so processes that have
-//! exited still resolve).
+//! After recording: every stack id is looked up once, marker words are
+//! stripped, and the addresses are symbolized with blazesym:
+//! - kernel frames from kallsyms;
+//! - user frames from the ELF file each address was mapped from, by file
+//!   offset (so processes that have exited still resolve), with debug
+//!   symbols when there are some (DWARF in the file, or a separate debug
+//!   file found by `.gnu_debuglink` or build id under `/usr/lib/debug`, as
+//!   Debian's `-dbg`/`-dbgsym` packages install them), and the functions
+//!   inlined at the address as frames of their own;
+//! - addresses in anonymous memory (JIT code) from the process's perf map
+//!   file, `/tmp/perf-PID.map`, when the runtime wrote one;
+//! - `[vdso]` frames from a copy of our own vDSO (the same image in every
+//!   64-bit process).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,31 +21,66 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
-use kstackmap::{BuildId, StackBuildId};
+use kstackmap::BuildId;
 
-use crate::maps::Located;
-use crate::record::{Part, Profile, STACK_WORDS};
-use crate::stackmap::StackMap;
+use crate::maps::{is_anon, Located};
+use crate::perfmap::PerfMap;
+use crate::record::{Key, Part, Profile};
+use crate::vdso::VdsoFile;
 
-/// Perf callchain context markers are the top 4095 values
-/// (`PERF_CONTEXT_MAX` = -4095): `PERF_CONTEXT_KERNEL`, `_USER`, ...
-pub fn is_marker(w: u64) -> bool {
-    w >= (-4095i64) as u64
+/// What a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A user-space function.
+    User,
+    /// A kernel function.
+    Kernel,
+    /// A stand-in: a stack part the store could not keep.
+    Missed,
 }
 
-/// One sample group, root first: `comm`, user frames, kernel frames
-/// (suffixed `_[k]`), and how many samples had it.
+/// One frame of a symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// The function, or a stand-in (`[libfoo.so]` when the file has no
+    /// symbol there, `[unknown]` when no file is mapped there).
+    pub name: String,
+    pub kind: Kind,
+    /// The sampled address (0 for stand-ins).
+    pub addr: u64,
+    /// The file the address was mapped from, and its offset in it.
+    pub file: Option<(Arc<Path>, u64)>,
+    /// Source file and line, when debug info has them.
+    pub source: Option<(Arc<str>, u32)>,
+    /// This function was inlined into the next frame toward the root (the
+    /// two share `addr`).
+    pub inlined: bool,
+}
+
+impl Frame {
+    fn named(name: impl Into<String>, kind: Kind) -> Frame {
+        Frame {
+            name: name.into(),
+            kind,
+            addr: 0,
+            file: None,
+            source: None,
+            inlined: false,
+        }
+    }
+}
+
+/// One sample group: who, its frames root first (user, then kernel), and
+/// how many samples had it.
 #[derive(Clone, Debug)]
 pub struct Stack {
-    pub frames: Vec<String>,
+    pub pid: u32,
+    pub tid: u32,
+    /// Thread and process names.
+    pub comm: Arc<str>,
+    pub pcomm: Arc<str>,
+    pub frames: Vec<Frame>,
     pub count: u64,
-}
-
-/// Reads a stored stack: the non-zero words, markers removed, innermost first.
-fn read_stack(map: &StackMap, id: u32) -> Option<Vec<u64>> {
-    let mut buf = vec![0u64; STACK_WORDS as usize];
-    let ips = map.lookup_ips(id, &mut buf).ok()?;
-    Some(ips.iter().copied().filter(|&w| !is_marker(w)).collect())
 }
 
 /// How the distinct stored user frames of a build-id map came out.
@@ -49,30 +93,59 @@ pub struct BuildIdStats {
 }
 
 /// A user frame, located in a file (or not).
+#[derive(Clone, Debug)]
 enum UFrame {
-    At(Located),
+    At(u64, Located),
     /// A build id none of the files seen has.
     UnknownBuildId(BuildId),
-    Nowhere,
+    Nowhere(u64),
+}
+
+/// A stored user stack as frames, innermost first, markers removed, and
+/// whether it was cut.
+///
+/// A return address points into code. A frame (other than the innermost)
+/// whose address is in none of the process's executable mappings is not
+/// one: the kernel's frame-pointer walk left the stack there (code built
+/// without frame pointers keeps other data in `rbp`), and every frame
+/// beyond it is as arbitrary (0, small numbers, heap pointers). The stack
+/// is cut before it instead of showing a run of `[unknown]` frames. JIT
+/// code is in anonymous executable mappings, which count as code.
+fn user_frames(
+    profile: &Profile,
+    key: &Key,
+    id: u32,
+    stats: &mut BuildIdStats,
+) -> Option<(Vec<UFrame>, bool)> {
+    let mut frames = user_frames_all(profile, key, id, stats)?;
+    let known = !profile.maps.mappings(key.pid, key.gen).is_empty();
+    let cut = known
+        && frames
+            .iter()
+            .skip(1)
+            .position(|f| matches!(f, UFrame::Nowhere(_)))
+            .map(|i| frames.truncate(i + 1))
+            .is_some();
+    Some((frames, cut))
 }
 
 /// A stored user stack as frames, innermost first, markers removed. Ips
 /// maps are located through the process's mapping snapshot; build-id maps
 /// carry `(build id, file offset)` and only need the file with that id.
-fn user_frames(
+fn user_frames_all(
     profile: &Profile,
-    pid: u32,
+    key: &Key,
     id: u32,
     stats: &mut BuildIdStats,
 ) -> Option<Vec<UFrame>> {
     let locate = |d: usize, ip: u64| {
         profile
             .maps
-            .locate(pid, lookup_addr(d, ip))
-            .map_or(UFrame::Nowhere, UFrame::At)
+            .locate(key.pid, key.gen, lookup_addr(d, ip))
+            .map_or(UFrame::Nowhere(ip), |l| UFrame::At(ip, l))
     };
-    if !profile.build_id {
-        let ips = read_stack(&profile.user_map, id)?;
+    if !profile.store.build_id() {
+        let ips = profile.store.ips(true, id)?;
         return Some(
             ips.iter()
                 .enumerate()
@@ -80,20 +153,22 @@ fn user_frames(
                 .collect(),
         );
     }
-    let mut buf = vec![StackBuildId::default(); STACK_WORDS as usize];
-    let frames = profile.user_map.lookup_build_ids(id, &mut buf).ok()?;
-    let frames = frames.iter().filter(|f| !f.ip().is_some_and(is_marker));
+    let frames = profile.store.build_ids(id)?;
     Some(
         frames
+            .iter()
             .enumerate()
             .map(|(d, f)| match (f.offset(), f.ip()) {
                 (Some(off), _) => {
                     stats.valid += 1;
                     match profile.build_ids.path_of(&f.build_id) {
-                        Some(path) => UFrame::At(Located {
-                            path,
-                            file_offset: lookup_addr(d, off),
-                        }),
+                        Some(path) => UFrame::At(
+                            0,
+                            Located {
+                                path,
+                                file_offset: lookup_addr(d, off),
+                            },
+                        ),
                         None => UFrame::UnknownBuildId(f.build_id),
                     }
                 }
@@ -101,7 +176,7 @@ fn user_frames(
                     stats.ip_only += 1;
                     locate(d, ip)
                 }
-                (None, None) => UFrame::Nowhere,
+                (None, None) => UFrame::Nowhere(0),
             })
             .collect(),
     )
@@ -121,34 +196,84 @@ fn clean(name: &str) -> String {
     name.replace(';', ":")
 }
 
-fn name_of(s: &Symbolized<'_>) -> Option<String> {
-    match s {
-        Symbolized::Sym(sym) => Some(clean(&sym.name)),
-        Symbolized::Unknown(_) => None,
+/// A symbolized address: the function and the ones inlined into it at
+/// that address (outermost first), each with its source line.
+type Names = Vec<(String, Option<(Arc<str>, u32)>)>;
+
+fn names_of(s: &Symbolized<'_>) -> Option<Names> {
+    let Symbolized::Sym(sym) = s else {
+        return None;
+    };
+    let line = |ci: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+        ci.and_then(|ci| {
+            let file = ci.to_path();
+            Some((Arc::from(file.to_string_lossy().as_ref()), ci.line?))
+        })
+    };
+    // The line of a function is where the next inlined call is (or the
+    // address itself, for the innermost).
+    let mut out: Names = Vec::with_capacity(1 + sym.inlined.len());
+    out.push((clean(&sym.name), None));
+    for f in sym.inlined.iter() {
+        let here = line(f.code_info.as_ref());
+        if let Some(last) = out.last_mut() {
+            last.1 = here;
+        }
+        out.push((clean(&f.name), None));
     }
+    if let Some(last) = out.last_mut() {
+        last.1 = line(sym.code_info.as_deref());
+    }
+    Some(out)
+}
+
+fn file_label(path: &Path) -> String {
+    format!(
+        "[{}]",
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |f| f.to_string_lossy().into_owned()
+        )
+    )
+}
+
+/// Symbolization results, and what came out of it.
+pub struct Resolved {
+    pub stacks: Vec<Stack>,
+    pub build_id: BuildIdStats,
+    /// User stacks one or two frames deep, by the file of their innermost
+    /// frame (samples), and all samples with a user stack: the signature
+    /// of code built without frame pointers.
+    pub shallow: HashMap<Arc<Path>, u64>,
+    pub shallow_samples: u64,
+    pub user_samples: u64,
+    /// Samples whose user stack was cut where the frame-pointer walk left
+    /// the code (see [`user_frames`]).
+    pub cut_samples: u64,
 }
 
 /// Symbolizes everything in `profile`.
-pub fn resolve(profile: &Profile) -> (Vec<Stack>, BuildIdStats) {
+pub fn resolve(profile: &Profile) -> Resolved {
     let mut stats = BuildIdStats::default();
     let symbolizer = Symbolizer::builder()
-        .enable_code_info(false)
-        .enable_inlined_fns(false)
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
         .build();
 
     let mut kstacks: HashMap<u32, Vec<u64>> = HashMap::new();
-    let mut ustacks: HashMap<(u32, u32), Vec<UFrame>> = HashMap::new();
+    let mut ustacks: HashMap<(u32, u32, u32), (Vec<UFrame>, bool)> = HashMap::new();
     for key in profile.counts.keys() {
         if let Part::Id(id) = key.kernel {
             if let std::collections::hash_map::Entry::Vacant(e) = kstacks.entry(id) {
-                if let Some(s) = read_stack(&profile.kernel_map, id) {
+                if let Some(s) = profile.store.ips(false, id) {
                     e.insert(s);
                 }
             }
         }
         if let Part::Id(id) = key.user {
-            if let std::collections::hash_map::Entry::Vacant(e) = ustacks.entry((key.pid, id)) {
-                if let Some(s) = user_frames(profile, key.pid, id, &mut stats) {
+            let k = (key.pid, key.gen, id);
+            if let std::collections::hash_map::Entry::Vacant(e) = ustacks.entry(k) {
+                if let Some(s) = user_frames(profile, key, id, &mut stats) {
                     e.insert(s);
                 }
             }
@@ -167,22 +292,30 @@ pub fn resolve(profile: &Profile) -> (Vec<Stack>, BuildIdStats) {
         debug_syms: false,
         ..Kernel::default()
     };
-    let knames: HashMap<u64, String> = symbolizer
-        .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&kaddrs))
-        .map(|syms| {
-            kaddrs
-                .iter()
-                .zip(syms.iter())
-                .filter_map(|(&a, s)| Some((a, name_of(s)?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let knames: HashMap<u64, String> = if kaddrs.is_empty() {
+        // Nothing to look up: do not read kallsyms at all.
+        HashMap::new()
+    } else {
+        symbolizer
+            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&kaddrs))
+            .map(|syms| {
+                kaddrs
+                    .iter()
+                    .zip(syms.iter())
+                    .filter_map(|(&a, s)| {
+                        let Symbolized::Sym(sym) = s else { return None };
+                        Some((a, clean(&sym.name)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
 
     // User: per file, one batch over the distinct file offsets.
     let mut by_file: BTreeMap<Arc<Path>, Vec<u64>> = BTreeMap::new();
-    for s in ustacks.values() {
+    for (s, _) in ustacks.values() {
         for f in s {
-            if let UFrame::At(loc) = f {
+            if let UFrame::At(_, loc) = f {
                 by_file
                     .entry(loc.path.clone())
                     .or_default()
@@ -190,57 +323,121 @@ pub fn resolve(profile: &Profile) -> (Vec<Stack>, BuildIdStats) {
             }
         }
     }
-    let mut unames: HashMap<(Arc<Path>, u64), String> = HashMap::new();
+    let mut unames: HashMap<(Arc<Path>, u64), Names> = HashMap::new();
+    let vdso = by_file
+        .keys()
+        .any(|p| p.as_os_str() == "[vdso]")
+        .then(VdsoFile::create)
+        .flatten();
     for (path, mut offs) in by_file {
         offs.sort_unstable();
         offs.dedup();
-        if path.starts_with("[") || !path.is_absolute() {
-            continue;
-        }
-        let mut elf = Elf::new(path.to_path_buf());
-        elf.debug_syms = false;
-        if let Ok(syms) = symbolizer.symbolize(&Source::Elf(elf), Input::FileOffset(&offs)) {
+        let file = match &vdso {
+            Some(v) if path.as_os_str() == "[vdso]" => v.path().to_path_buf(),
+            _ if !path.is_absolute() => continue,
+            _ => path.to_path_buf(),
+        };
+        // debug_syms: DWARF when present, else the ELF symbol tables; when
+        // the debug info cannot be read, the symbol tables alone.
+        let elf = Elf::new(file.clone());
+        let mut plain = Elf::new(file);
+        plain.debug_syms = false;
+        let syms = symbolizer
+            .symbolize(&Source::Elf(elf), Input::FileOffset(&offs))
+            .or_else(|_| symbolizer.symbolize(&Source::Elf(plain), Input::FileOffset(&offs)));
+        if let Ok(syms) = syms {
             for (&o, s) in offs.iter().zip(syms.iter()) {
-                if let Some(n) = name_of(s) {
+                if let Some(n) = names_of(s) {
                     unames.insert((path.clone(), o), n);
                 }
             }
         }
     }
-    let user_frame = |f: &UFrame| -> String {
+
+    let mut perf_maps: HashMap<u32, Option<PerfMap>> = HashMap::new();
+    let mut user_frame = |pid: u32, depth: usize, f: &UFrame, out: &mut Vec<Frame>| {
+        let jit = |ip: u64, perf_maps: &mut HashMap<u32, Option<PerfMap>>| {
+            perf_maps
+                .entry(pid)
+                .or_insert_with(|| PerfMap::for_pid(pid))
+                .as_ref()
+                .and_then(|m| m.lookup(lookup_addr(depth, ip)))
+                .map(str::to_string)
+        };
         match f {
-            UFrame::At(loc) => match unames.get(&(loc.path.clone(), loc.file_offset)) {
-                Some(n) => n.clone(),
-                None if loc.path.to_str().is_some_and(|p| p.starts_with('[')) => {
-                    loc.path.display().to_string()
+            UFrame::At(ip, loc) => {
+                let file = Some((loc.path.clone(), loc.file_offset));
+                let plain = |name: String| Frame {
+                    name,
+                    kind: Kind::User,
+                    addr: *ip,
+                    file: file.clone(),
+                    source: None,
+                    inlined: false,
+                };
+                match unames.get(&(loc.path.clone(), loc.file_offset)) {
+                    Some(names) => {
+                        // Root first: the function, then what was inlined
+                        // into it at this address; all but the first are
+                        // inlined into their predecessor.
+                        for (i, (n, src)) in names.iter().enumerate() {
+                            let mut fr = plain(n.clone());
+                            fr.source = src.clone();
+                            fr.inlined = i > 0;
+                            out.push(fr);
+                        }
+                    }
+                    None if is_anon(&loc.path) => out.push(plain(
+                        jit(*ip, &mut perf_maps).unwrap_or_else(|| "[anon]".into()),
+                    )),
+                    None if loc.path.to_str().is_some_and(|p| p.starts_with('[')) => {
+                        out.push(plain(loc.path.display().to_string()))
+                    }
+                    // No symbol: name the file, as perf names the DSO.
+                    None => out.push(plain(file_label(&loc.path))),
                 }
-                // No symbol: name the file, as perf names the DSO.
-                None => format!(
-                    "[{}]",
-                    loc.path.file_name().map_or_else(
-                        || loc.path.display().to_string(),
-                        |f| f.to_string_lossy().into_owned()
-                    )
-                ),
-            },
+            }
             UFrame::UnknownBuildId(id) => {
                 let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
-                format!("[build-id {hex}]")
+                out.push(Frame::named(format!("[build-id {hex}]"), Kind::User));
             }
-            UFrame::Nowhere => "[unknown]".to_string(),
+            UFrame::Nowhere(ip) => {
+                let mut fr = Frame::named(
+                    jit(*ip, &mut perf_maps).unwrap_or_else(|| "[unknown]".into()),
+                    Kind::User,
+                );
+                fr.addr = *ip;
+                out.push(fr);
+            }
         }
     };
 
+    let mut shallow: HashMap<Arc<Path>, u64> = HashMap::new();
+    let mut shallow_samples = 0;
+    let mut cut_samples = 0;
+    let mut user_samples = 0;
     let mut out = Vec::with_capacity(profile.counts.len());
     for (key, &count) in &profile.counts {
-        let mut frames = vec![clean(&key.comm)];
+        let mut frames = Vec::new();
         match key.user {
             Part::Id(id) => {
-                if let Some(s) = ustacks.get(&(key.pid, id)) {
-                    frames.extend(s.iter().rev().map(user_frame));
+                if let Some((s, cut)) = ustacks.get(&(key.pid, key.gen, id)) {
+                    user_samples += count;
+                    if *cut {
+                        cut_samples += count;
+                    }
+                    if s.len() <= 2 {
+                        shallow_samples += count;
+                        if let Some(UFrame::At(_, loc)) = s.first() {
+                            *shallow.entry(loc.path.clone()).or_default() += count;
+                        }
+                    }
+                    for (d, f) in s.iter().enumerate().rev() {
+                        user_frame(key.pid, d, f, &mut frames);
+                    }
                 }
             }
-            Part::Missed => frames.push("[Missed User Stack]".into()),
+            Part::Missed => frames.push(Frame::named("[Missed User Stack]", Kind::Missed)),
             Part::Absent => {}
         }
         match key.kernel {
@@ -250,28 +447,41 @@ pub fn resolve(profile: &Profile) -> (Vec<Stack>, BuildIdStats) {
                         let name = knames
                             .get(&lookup_addr(d, ip))
                             .map_or("[unknown]", |n| n.as_str());
-                        format!("{name}_[k]")
+                        Frame {
+                            addr: ip,
+                            ..Frame::named(name, Kind::Kernel)
+                        }
                     }));
                 }
             }
-            Part::Missed => frames.push("[Missed Kernel Stack]_[k]".into()),
+            Part::Missed => frames.push(Frame::named("[Missed Kernel Stack]", Kind::Missed)),
             Part::Absent => {}
         }
-        out.push(Stack { frames, count });
+        out.push(Stack {
+            pid: key.pid,
+            tid: key.tid,
+            comm: key.comm.clone(),
+            pcomm: key.pcomm.clone(),
+            frames,
+            count,
+        });
     }
-    (out, stats)
+    Resolved {
+        stacks: out,
+        build_id: stats,
+        shallow,
+        shallow_samples,
+        user_samples,
+        cut_samples,
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kstackmap::uapi::{PERF_CONTEXT_KERNEL, PERF_CONTEXT_USER};
-
-    #[test]
-    fn markers() {
-        assert!(is_marker(PERF_CONTEXT_KERNEL));
-        assert!(is_marker(PERF_CONTEXT_USER));
-        assert!(!is_marker(0xffff_ffff_8100_0000));
-        assert!(!is_marker(0x7fff_0000_0000));
+/// The name of a frame as the folded stacks and the table show it:
+/// kernel functions end in `_[k]`, as in Brendan Gregg's flame graphs.
+pub fn display_name(f: &Frame) -> Cow<'_, str> {
+    match f.kind {
+        Kind::Kernel => Cow::Owned(format!("{}_[k]", f.name)),
+        Kind::Missed if f.name.contains("Kernel") => Cow::Owned(format!("{}_[k]", f.name)),
+        _ => Cow::Borrowed(&f.name),
     }
 }

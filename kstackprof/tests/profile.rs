@@ -1,47 +1,14 @@
 //! End-to-end tests of the built binary: the demo's designed shares, a real
 //! program against `perf record -g`, and the errors a person sees.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kstackprof");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kstackprof-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run kstackprof");
-    eprintln!(
-        "$ kstackprof {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `stacks.folded` as (frames root first, count).
-fn read_folded(dir: &Path) -> Vec<(Vec<String>, u64)> {
-    let text = std::fs::read_to_string(dir.join("stacks.folded")).expect("stacks.folded");
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("count");
-            (
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
+use common::{
+    assert_one_line_error, build_c, is_root as unsafe_is_root, read_folded, run, tmpdir, BIN,
+};
 
 /// Percent of samples whose stack contains `name` anywhere (total time).
 fn total_share(folded: &[(Vec<String>, u64)], name: &str) -> f64 {
@@ -84,7 +51,7 @@ fn top(shares: &HashMap<String, f64>, min_pct: f64) -> Vec<(String, f64)> {
     v
 }
 
-fn check_demo(name: &str, extra: &[&str]) -> Output {
+fn check_demo(name: &str, extra: &[&str]) -> std::process::Output {
     let dir = tmpdir(name);
     let mut args = vec!["demo", "-d", "2", "-F", "1999", "-o", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -115,28 +82,109 @@ fn check_demo(name: &str, extra: &[&str]) -> Output {
     out
 }
 
+/// The demo in the depot (the default) and in the kernel-exact maps.
 #[test]
 fn demo_hot_functions_have_their_designed_shares() {
-    check_demo("demo", &[]);
+    let out = check_demo("demo", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stacks kept in a stack depot"), "{err}");
+    let out = check_demo("demo-map", &["--kernel-map"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stacks kept in two kernel-exact stack maps"),
+        "{err}"
+    );
 }
 
-/// The same through a `BPF_F_STACK_BUILD_ID` map: user frames stored as
-/// (build id, file offset) and symbolized offline.
-#[test]
-fn build_id_demo_symbolizes_offline() {
-    let out = check_demo("demo-build-id", &["--build-id"]);
+fn build_id_frames(out: &std::process::Output) -> u64 {
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
         .find(|l| l.contains("build-id frames stored:"))
         .expect("build-id summary line");
-    let valid: u64 = line
-        .split_whitespace()
+    line.split_whitespace()
         .skip_while(|w| *w != "stored:")
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .expect("a count");
-    assert!(valid > 0, "no VALID build-id frames: {line}");
+        .expect("a count")
+}
+
+/// User frames stored as (build id, file offset) and symbolized offline:
+/// `StackBuildId` frames in the depot, and in a `BPF_F_STACK_BUILD_ID` map.
+#[test]
+fn build_id_demo_symbolizes_offline() {
+    let out = check_demo("demo-build-id", &["--build-id"]);
+    assert!(
+        build_id_frames(&out) > 0,
+        "no VALID build-id frames in the depot"
+    );
+    let out = check_demo("demo-build-id-map", &["--build-id", "--kernel-map"]);
+    assert!(
+        build_id_frames(&out) > 0,
+        "no VALID build-id frames in the map"
+    );
+}
+
+/// The drop count of one run (`(N drops)` in the loss line).
+fn drops(out: &std::process::Output) -> u64 {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("sample loss:"))
+        .expect("a loss line");
+    line.rsplit_once('(')
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in {line:?}"))
+}
+
+/// The depot keeps every stack a small kernel-exact map drops (8 buckets
+/// for the C workload's dozens of stacks), and a depot too small for them
+/// reports its drops as a share of the samples.
+#[test]
+fn depot_keeps_what_a_kernel_map_drops() {
+    let dir = tmpdir("depot-drops");
+    let Some(exe) = build_c(&dir, "accuracy") else {
+        return;
+    };
+    let o = dir.join("out");
+    let o = o.to_str().unwrap();
+    let exe = exe.to_str().unwrap();
+    let map = run(&[
+        "record",
+        "-F",
+        "999",
+        "--kernel-map",
+        "-s",
+        "8",
+        "-o",
+        o,
+        exe,
+        "4000",
+    ]);
+    assert!(map.status.success());
+    assert!(drops(&map) > 0, "8 buckets should drop some of the stacks");
+    let depot = run(&["record", "-F", "999", "-o", o, exe, "4000"]);
+    assert!(depot.status.success());
+    assert_eq!(drops(&depot), 0, "the depot drops nothing when it has room");
+    let tiny = run(&[
+        "record",
+        "-F",
+        "999",
+        "--depot-capacity",
+        "2",
+        "-o",
+        o,
+        exe,
+        "4000",
+    ]);
+    assert!(tiny.status.success());
+    assert!(drops(&tiny) > 0);
+    let err = String::from_utf8_lossy(&tiny.stderr);
+    assert!(
+        err.contains("% of samples) could not be stored") && err.contains("--depot-capacity"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Perl loop (perl exports its interpreter symbols, so both profilers
@@ -235,14 +283,6 @@ fn real_program_matches_perf_record() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-    assert!(!err.contains("backtrace"), "{err}");
-}
-
 #[test]
 fn errors_are_one_line_and_actionable() {
     let dir = tmpdir("errors");
@@ -290,15 +330,8 @@ fn errors_are_one_line_and_actionable() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-/// `-p PID`: CPU-wide events filtered by pid, user frames symbolized from
-/// the running process's `/proc/PID/maps`.
+/// `-p PID`: per-thread events, user frames symbolized from the running
+/// process's `/proc/PID/maps`.
 #[test]
 fn attach_to_a_running_process() {
     let Ok(mut child) = Command::new("perl")
@@ -339,6 +372,47 @@ fn attach_to_a_running_process() {
     assert!(
         perl > 50.0,
         "perl's own functions should dominate ({n} samples): {shares:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// JIT code: a function in anonymous executable memory, named only by the
+/// program's `/tmp/perf-PID.map` (tests/jit.c).
+#[test]
+fn jit_code_is_named_from_the_perf_map() {
+    let dir = tmpdir("jit");
+    let Some(exe) = build_c(&dir, "jit") else {
+        return;
+    };
+    let out_dir = dir.join("out");
+    let out = run(&[
+        "record",
+        "-F",
+        "499",
+        "--per-process",
+        "-o",
+        out_dir.to_str().unwrap(),
+        exe.to_str().unwrap(),
+        "600000000",
+    ]);
+    assert!(out.status.success());
+    let folded = read_folded(&out_dir);
+    if let Some(pid) = folded[0].0[0]
+        .rsplit_once("(pid ")
+        .and_then(|(_, r)| r.trim_end_matches(')').parse::<u32>().ok())
+    {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    }
+    let all: u64 = folded.iter().map(|(_, n)| n).sum();
+    let jit: u64 = folded
+        .iter()
+        .filter(|(f, _)| f.last().is_some_and(|l| l == "jitted_counting_loop"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(all >= 50, "only {all} samples");
+    assert!(
+        jit * 10 >= all * 8,
+        "the JIT loop should be named and hold most samples: {jit} of {all}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

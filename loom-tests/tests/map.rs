@@ -1,6 +1,7 @@
 //! loom models of the map's protocols: publish (swap / compare-exchange),
 //! the optimistic read (`observe`: lookup and the get_stackid compare),
-//! delete, and the freelist round trip behind them.
+//! delete, versioned lookups (stale-id detection), and the freelist round
+//! trip behind them.
 //!
 //! Every model ends with conservation: `StackMap::audit` finds each slot in
 //! exactly one place (a bucket or the freelist).
@@ -426,5 +427,49 @@ fn compare_vs_unpublished_write() {
         // StackBuildId: status at 0 (IP = 2), the ip at byte 24.
         assert_eq!(u64::from_ne_bytes(v[24..].try_into().unwrap()), z[0]);
         assert_eq!(audit(into_inner(map)), (1, 2));
+    });
+}
+
+/// Versioned ids: a replace racing a versioned lookup. The reader holds a
+/// `StackRef` to `a`; the writer replaces `a` by `b` (another slot, the
+/// same sequence number) and then `b` by `c` (`a`'s slot, recycled: the
+/// same slot, a new sequence number). The lookup returns `a`'s bytes or
+/// `Stale`, never `b` or `c` under `a`'s ref; a versioned hit on `a` names
+/// `a`'s own version.
+#[test]
+fn versioned_lookup_vs_replace() {
+    let (a, b, id) = colliding();
+    let c = (b[0] + 1..)
+        .map(|x| [x])
+        .find(|s| trace_hash(s) & 1 == id)
+        .unwrap();
+    model("versioned_lookup_vs_replace", move || {
+        let map = Arc::new(small_map());
+        let ra = map.get_stackid_versioned(0, &a, 0).unwrap();
+        let writer = move |m: &StackMap| {
+            let rb = m.get_stackid_versioned(0, &b, BPF_F_REUSE_STACKID);
+            let rc = m.get_stackid_versioned(0, &c, BPF_F_REUSE_STACKID);
+            (rb.unwrap(), rc.unwrap())
+        };
+        let reader = move |m: &StackMap| {
+            let hit = m.get_stackid_versioned(1, &a, 0);
+            let mut v = [0u8; 16];
+            let seen = m
+                .lookup_versioned(ra, &mut v)
+                .map(|()| u64::from_ne_bytes(v[..8].try_into().unwrap()));
+            (hit, seen)
+        };
+        let ((rb, rc), (hit, seen)) = race(&map, writer, reader);
+        // A hit names a's own store; after the replace a is refused.
+        assert!(hit == Ok(ra) || hit == Err(Error::Exist), "{hit:?}");
+        assert!(seen == Ok(a[0]) || seen == Err(Error::Stale), "{seen:?}");
+        assert_eq!((rb.id, rc.id), (id, id));
+        let mut v = [0u8; 16];
+        assert_eq!(map.lookup_versioned(ra, &mut v), Err(Error::Stale));
+        assert_eq!(map.lookup_versioned(rb, &mut v), Err(Error::Stale));
+        assert_eq!(map.lookup_versioned(rc, &mut v), Ok(()));
+        assert_eq!(v[..8], c[0].to_ne_bytes());
+        let map = into_inner(map);
+        assert_eq!(audit(map), (1, 1));
     });
 }

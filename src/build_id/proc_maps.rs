@@ -39,6 +39,7 @@ const MAX_EXTRA_READ: u64 = 64 * 1024;
 /// The permission column of a maps line: `r`, `w`, `x`, and `s` (shared)
 /// or `p` (private).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub struct Perms {
     /// `r`: readable.
     pub read: bool,
@@ -90,6 +91,7 @@ impl fmt::Display for Perms {
 
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub struct Mapping {
     /// First address (`vm_start`).
     pub start: u64,
@@ -114,7 +116,12 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Parses one line (without its newline). Errors are `InvalidData`.
+    /// Parses one line (without its newline).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` when a field is missing or malformed; the message
+    /// names it.
     pub fn parse_line(line: &str) -> io::Result<Self> {
         let mut rest = line;
         let mut field = |what: &str| -> io::Result<&str> {
@@ -292,6 +299,7 @@ impl fmt::Display for Mapping {
 /// - Parsing is total: any text gives `Ok` or an `InvalidData` error,
 ///   never a panic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub struct ProcMaps {
     maps: Vec<Mapping>,
     build_ids: Vec<Option<BuildIdNote>>,
@@ -300,8 +308,11 @@ pub struct ProcMaps {
 impl ProcMaps {
     /// Parses maps text (every non-empty line) and reads the build id of
     /// each mapped file by its path (see [`ProcMaps`]).
-    /// Malformed text is an `InvalidData` error; unreadable files are not
-    /// errors.
+    /// Unreadable files are not errors: their mappings have no build id.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` for malformed text; the message gives the line.
     pub fn parse(maps_text: &str) -> io::Result<Self> {
         let mut maps = Self::parse_text(maps_text)?;
         maps.resolve(|m| open_by_path(m, ""));
@@ -310,6 +321,10 @@ impl ProcMaps {
 
     /// Parses maps text without touching any file: every build id is
     /// `None`. Pure and total, for fuzzing and for text from elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` for malformed text; the message gives the line.
     pub fn parse_text(maps_text: &str) -> io::Result<Self> {
         let mut maps = Vec::new();
         // Lines end in '\n' only: `str::lines` would also eat a '\r'

@@ -123,7 +123,6 @@ impl<'a> StackDepotIn<'a> {
         let id_mask = (1u32 << self.geo.id_bits) - 1;
         let tag = ((h >> 32) as u32) & !id_mask;
         let mask = self.geo.n_slots - 1;
-        let stats = self.cpu_stats(cpu);
         let mut pos = h as u32 & mask;
         let mut mine: Option<Reserved> = None;
         for _ in 0..self.geo.probe_max {
@@ -137,7 +136,7 @@ impl<'a> StackDepotIn<'a> {
                 let r = match mine {
                     Some(r) => r,
                     None => {
-                        let r = self.reserve(stats, hdr, words)?;
+                        let r = self.reserve(cpu, hdr, words)?;
                         mine = Some(r);
                         r
                     }
@@ -151,7 +150,7 @@ impl<'a> StackDepotIn<'a> {
                 match slot.compare_exchange(0, entry, Ordering::Release, Ordering::Acquire) {
                     Ok(_) => {
                         self.set_published(r.id, r.off << 1);
-                        if let Some(s) = stats {
+                        if let Some(s) = self.cpu_stats(cpu) {
                             CpuStats::add(&s.published, 1);
                             CpuStats::add(&s.record_words, r.len as usize);
                         }
@@ -164,8 +163,8 @@ impl<'a> StackDepotIn<'a> {
                 let id = (seen & id_mask).wrapping_sub(1);
                 if let Some(dw) = self.same(id, hdr, words) {
                     if let Some(r) = mine {
-                        self.give_back(stats, r);
-                        if let Some(s) = stats {
+                        self.give_back(cpu, r);
+                        if let Some(s) = self.cpu_stats(cpu) {
                             CpuStats::add(&s.lost_races, 1);
                         }
                     }
@@ -176,9 +175,9 @@ impl<'a> StackDepotIn<'a> {
             pos = pos.wrapping_add(1) & mask;
         }
         if let Some(r) = mine {
-            self.give_back(stats, r);
+            self.give_back(cpu, r);
         }
-        if let Some(s) = stats {
+        if let Some(s) = self.cpu_stats(cpu) {
             CpuStats::add(&s.probe_limit, 1);
         }
         Err(Error::NoMem)
@@ -226,12 +225,7 @@ impl<'a> StackDepotIn<'a> {
     /// Reserves words and an id for a record of `hdr` and `words`, writes
     /// it, and stores its directory word (not yet published).
     #[inline]
-    fn reserve(
-        &self,
-        stats: Option<&CpuStats>,
-        hdr: u64,
-        words: &[u64],
-    ) -> Result<Reserved, Error> {
+    fn reserve(&self, cpu: usize, hdr: u64, words: &[u64]) -> Result<Reserved, Error> {
         let cap = self.geo.capacity;
         // Relaxed: a quick refusal when the ids are gone (the common case
         // of a full depot), so its interns take and give back no words.
@@ -247,7 +241,7 @@ impl<'a> StackDepotIn<'a> {
         let off = self.cursors.take_words(len, limit).ok_or(Error::NoMem)?;
         let Some(id) = self.cursors.take_id(cap) else {
             if !self.cursors.give_back_words(off, len) {
-                if let Some(s) = stats {
+                if let Some(s) = self.cpu_stats(cpu) {
                     CpuStats::add(&s.wasted_words, len as usize);
                 }
             }
@@ -268,16 +262,16 @@ impl<'a> StackDepotIn<'a> {
     /// Gives back an unpublished reservation: the id, then the words; what
     /// can't be given back is counted as wasted.
     #[inline]
-    fn give_back(&self, stats: Option<&CpuStats>, r: Reserved) {
+    fn give_back(&self, cpu: usize, r: Reserved) {
         // The directory word keeps its unpublished value: `get` ignores it,
         // and the next taker of the id overwrites it.
         if !self.cursors.give_back_id(r.id) {
-            if let Some(s) = stats {
+            if let Some(s) = self.cpu_stats(cpu) {
                 CpuStats::add(&s.wasted_ids, 1);
             }
         }
         if !self.cursors.give_back_words(r.off, r.len) {
-            if let Some(s) = stats {
+            if let Some(s) = self.cpu_stats(cpu) {
                 CpuStats::add(&s.wasted_words, r.len as usize);
             }
         }

@@ -189,6 +189,7 @@ impl StackDepotIn<'static> {
     /// arena of fewer than 2 words or more than [`MAX_ARENA_WORDS`],
     /// `nr_cpus` 0); `NoMem` when the allocation fails.
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     pub fn new(cfg: &DepotConfig) -> Result<StackDepot, Error> {
         let geo = Geometry::new(cfg)?;
         let layout = Layout::new(&geo)?;
@@ -310,6 +311,21 @@ impl<'a> StackDepotIn<'a> {
     /// never allocates, blocks, or panics, and never waits for another
     /// thread's half-written record.
     ///
+    /// ```
+    /// use kstackmap::{DepotConfig, Error, StackDepot};
+    ///
+    /// # fn main() -> Result<(), Error> {
+    /// let cfg = DepotConfig { capacity: 1024, arena_words: 1024 * 16, ..DepotConfig::default() };
+    /// let depot = StackDepot::new(&cfg)?;
+    /// let id = depot.intern(0, &[0x4011d6, 0x401234, 0x7f00_1234_5678])?;
+    /// // Same frames, from any CPU: the same id. Other frames: another id,
+    /// // whatever their hash (a depot never merges or drops a stack).
+    /// assert_eq!(depot.intern(1, &[0x4011d6, 0x401234, 0x7f00_1234_5678])?, id);
+    /// assert_ne!(depot.intern(0, &[0x4011d6, 0x401234])?, id);
+    /// assert_eq!(depot.intern(0, &[]), Err(Error::Inval));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// `Inval` for empty frames. `NoMem` when the stack is new and the
@@ -342,6 +358,22 @@ impl<'a> StackDepotIn<'a> {
     /// the frames of an ips stack, or the raw words of a build-id stack
     /// (see [`get_build_ids`](StackDepotIn::get_build_ids)). `None` for an
     /// id that names no stack. Wait-free.
+    ///
+    /// The slice stays valid and unchanged for as long as the depot is
+    /// borrowed: a stored stack is never moved, rewritten or dropped (until
+    /// [`clear`](StackDepotIn::clear), which needs `&mut`).
+    ///
+    /// ```
+    /// use kstackmap::{DepotConfig, StackDepot};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let depot = StackDepot::new(&DepotConfig { capacity: 64, arena_words: 1024, ..DepotConfig::default() })?;
+    /// let id = depot.intern(0, &[0x10, 0x20, 0x30])?;
+    /// let frames: &[u64] = depot.get(id).unwrap(); // zero-copy
+    /// assert_eq!(frames, [0x10, 0x20, 0x30]);
+    /// assert_eq!(depot.get(id + 1), None);
+    /// # Ok(()) }
+    /// ```
     #[inline]
     pub fn get(&self, id: u32) -> Option<&[u64]> {
         self.record(id).map(|(_, words)| words)

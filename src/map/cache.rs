@@ -105,6 +105,7 @@
 //! is a miss, not a retry) in front of the slow path. It allocates
 //! nothing, and a hit stores nothing shared.
 
+use super::versioned::{version, StackRef};
 use super::StackMapIn;
 use crate::hash::stack::StackHasher;
 use crate::sync::{fence, ElemAtomic, ElemWord, Ordering};
@@ -146,8 +147,9 @@ pub(super) struct Key {
 /// What a probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Probe {
-    /// Bucket `id` held exactly these frames: the answer.
-    Hit(u32),
+    /// Bucket `id` held exactly these frames: the answer, with the
+    /// version of the element that held them (`versioned.rs`).
+    Hit(StackRef),
     /// Not found in its bucket, but this is the frames' `jhash2`.
     Hash(u32),
     /// Nothing usable.
@@ -291,8 +293,12 @@ impl<'a> StackMapIn<'a> {
         if !valid {
             Probe::Miss
         } else if in_bucket == slot + 1 {
-            // ... and it was in bucket `id` while it did: a hit (E2).
-            Probe::Hit(id)
+            // ... and it was in bucket `id` while it did: a hit (E2), of
+            // that version of the slot.
+            Probe::Hit(StackRef {
+                id,
+                version: version(slot, s1),
+            })
         } else {
             // ... but not in that bucket: its hash is the frames' (E1).
             Probe::Hash(hash)

@@ -2,7 +2,7 @@
 
 use super::cache::Probe;
 use crate::uapi::{BPF_F_FAST_STACK_CMP, BPF_F_REUSE_STACKID, BPF_F_STACK_BUILD_ID};
-use crate::{trace_hash, Config, Error, MapAttr, StackMap, StackMapIn};
+use crate::{trace_hash, Config, Error, MapAttr, StackMap, StackMapIn, StackRef};
 
 fn map(max_entries: u32, value_size: u32, map_flags: u32) -> StackMap {
     let attr = MapAttr {
@@ -27,8 +27,23 @@ fn stack_in(id: u32, n_buckets: u32, depth: u64, from: u64) -> std::vec::Vec<u64
         .unwrap()
 }
 
+/// The probe's answer, a hit as its id (the version is checked apart).
 fn probe(m: &StackMap, ips: &[u64]) -> Probe {
-    m.probe(ips).1
+    match m.probe(ips).1 {
+        Probe::Hit(r) => {
+            // A hit names the version `get_stackid_versioned` would.
+            assert_eq!(m.get_stackid_versioned(0, ips, 0), Ok(r));
+            Probe::Hit(StackRef {
+                id: r.id,
+                version: 0,
+            })
+        }
+        other => other,
+    }
+}
+
+fn hit(id: u32) -> Probe {
+    Probe::Hit(StackRef { id, version: 0 })
 }
 
 #[test]
@@ -38,7 +53,7 @@ fn hit_then_the_hash_of_a_replaced_stack_then_a_miss() {
     let id = trace_hash(&a) & 7;
     assert_eq!(probe(&m, &a), Probe::Miss, "nothing cached yet");
     assert_eq!(m.get_stackid(0, &a, 0), Ok(id));
-    assert_eq!(probe(&m, &a), Probe::Hit(id));
+    assert_eq!(probe(&m, &a), hit(id));
     // C takes A's bucket; A's element is intact on the freelist: the probe
     // can't call it a hit, but knows A's hash. (C is picked in another
     // set, where its refresh can't evict A's now stale entry.)
@@ -50,7 +65,7 @@ fn hit_then_the_hash_of_a_replaced_stack_then_a_miss() {
     assert_eq!(probe(&m, &a), Probe::Hash(trace_hash(&a)));
     assert_eq!(m.get_stackid(0, &a, 0), Err(Error::Exist));
     assert_eq!(m.get_stackid(0, &a, BPF_F_REUSE_STACKID), Ok(id));
-    assert_eq!(probe(&m, &a), Probe::Hit(id));
+    assert_eq!(probe(&m, &a), hit(id));
     // Churn every element through other stacks: A's old element (and
     // then its new one) gets rewritten, and the probe misses.
     assert_eq!(m.delete(id), Ok(()));
@@ -60,7 +75,7 @@ fn hit_then_the_hash_of_a_replaced_stack_then_a_miss() {
     }
     assert_eq!(probe(&m, &a), Probe::Miss);
     assert_eq!(m.get_stackid(0, &a, 0), Ok(id));
-    assert_eq!(probe(&m, &a), Probe::Hit(id));
+    assert_eq!(probe(&m, &a), hit(id));
 }
 
 /// FAST_CMP through the cache: a verified hit is a hash match too.
@@ -69,7 +84,7 @@ fn fast_cmp_hits_through_the_cache() {
     let m = map(4, 16, 0);
     let a = [7, 8];
     let id = m.get_stackid(0, &a, 0).unwrap();
-    assert_eq!(probe(&m, &a), Probe::Hit(id));
+    assert_eq!(probe(&m, &a), hit(id));
     assert_eq!(m.get_stackid(0, &a, BPF_F_FAST_STACK_CMP), Ok(id));
     let other = stack_in(id, 4, 2, 50);
     assert_eq!(

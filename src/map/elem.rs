@@ -71,6 +71,25 @@ impl<'m> Elem<'m> {
         Some(Elem { hdr, data })
     }
 
+    /// Is this the same element (the same memory) as `other`?
+    #[inline]
+    pub(crate) fn is(&self, other: &Elem<'_>) -> bool {
+        core::ptr::eq(self.hdr, other.hdr)
+    }
+
+    /// The first `nr` frames of an ips element (Relaxed loads: the caller
+    /// validates them with `seq`, or holds the slot).
+    pub(crate) fn ips(&self, nr: usize) -> impl Iterator<Item = u64> + '_ {
+        self.data.chunks_exact(IP_WORDS).take(nr).map(|w| {
+            let mut ip = [0u8; 8];
+            for (dst, w) in ip.chunks_exact_mut(WORD).zip(w) {
+                // Relaxed: see above.
+                dst.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            u64::from_ne_bytes(ip)
+        })
+    }
+
     /// Does the data start with exactly `ips`? (`nr` is the caller's check.)
     #[inline]
     pub(crate) fn eq_ips(&self, ips: &[u64]) -> bool {

@@ -12,8 +12,10 @@
 //! - `stackid.rs`: `get_stackid` and its variants (the kernel's walk, skip,
 //!   truncation, build ids, `_pe`).
 //! - `syscall.rs`: lookup, delete, get_next_key, update.
+//! - `iter.rs`: [`StackMapIn::iter`], every stored stack without allocating.
 //! - `attr.rs`: creation checks (`BPF_MAP_CREATE`'s errnos).
 //! - `audit.rs`: the conservation check.
+//! - `versioned.rs`: versioned ids ([`StackRef`]): stale-id detection.
 
 mod attr;
 #[cfg(feature = "alloc")]
@@ -22,17 +24,21 @@ mod cache;
 #[cfg(all(test, feature = "std"))]
 mod cache_tests;
 mod elem;
+mod iter;
 mod protocol;
 mod stackid;
 mod syscall;
 #[cfg(all(test, feature = "std"))]
 mod tests;
+mod versioned;
 
 pub(crate) use attr::Geometry;
 pub use attr::{Config, MapAttr};
 #[cfg(feature = "alloc")]
 pub use audit::AuditError;
 pub(crate) use elem::HDR_WORDS;
+pub use iter::{Frames, Iter};
+pub use versioned::StackRef;
 
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
@@ -82,19 +88,90 @@ unsafe impl Send for StackMapIn<'_> {}
 unsafe impl Sync for StackMapIn<'_> {}
 
 impl StackMapIn<'static> {
+    /// Creates an ips map for `entries` stacks of up to `max_frames` frames
+    /// each: the common case.
+    ///
+    /// It picks `MapAttr { max_entries: entries, key_size: 4, value_size:
+    /// max_frames * 8, map_flags: 0, numa_node: 0 }` (no build ids, no
+    /// access restriction) and [`Config::default`]: one freelist shard, the
+    /// default `perf_event_max_stack` of 127. For more shards (many CPUs
+    /// inserting at once), build ids or flags, use
+    /// [`with_config`](StackMapIn::with_config).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = kstackmap::StackMap::with_capacity(4096, 64)?;
+    /// assert_eq!(map.attr().value_size, 64 * 8);
+    /// assert_eq!(map.n_buckets(), 4096);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - `Inval`: `entries` or `max_frames` is 0, or `max_frames > 127`.
+    /// - `TooBig`: `entries > 2^31`, or more than this target's freelist
+    ///   can index ([`HEAD_INDEX_MAX`](crate::HEAD_INDEX_MAX)).
+    /// - `NoMem`: the allocation failed.
+    #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
+    pub fn with_capacity(entries: u32, max_frames: u32) -> Result<StackMap, Error> {
+        let attr = MapAttr {
+            max_entries: entries,
+            key_size: 4,
+            // Past u32: more frames than any max_stack allows.
+            value_size: max_frames.checked_mul(8).ok_or(Error::Inval)?,
+            map_flags: 0,
+            numa_node: 0,
+        };
+        Self::with_config(&attr, Config::default())
+    }
+
     /// Creates a map with one CPU and `max_stack` 127 ([`Config::default`]).
     ///
-    /// Errors are the kernel's `BPF_MAP_CREATE` errnos: `Inval` for bad
-    /// flags or sizes, `TooBig` when `max_entries > 2^31`; `NoMem` when the
-    /// allocation fails.
+    /// ```
+    /// use kstackmap::{uapi::BPF_F_STACK_BUILD_ID, MapAttr, StackMap};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// // A build-id map: 32-byte frames, up to 16 per stack.
+    /// let attr = MapAttr {
+    ///     max_entries: 1000,
+    ///     value_size: 16 * 32,
+    ///     map_flags: BPF_F_STACK_BUILD_ID,
+    ///     ..MapAttr::default()
+    /// };
+    /// let map = StackMap::new(&attr)?;
+    /// assert_eq!(map.n_buckets(), 1024);
+    /// // The kernel's checks: a value that isn't whole frames is refused.
+    /// let bad = MapAttr { value_size: 40, ..attr };
+    /// assert_eq!(StackMap::new(&bad).err(), Some(kstackmap::Error::Inval));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The kernel's `BPF_MAP_CREATE` errnos, in its order:
+    /// - `Inval`: flags outside `BPF_F_NUMA_NODE | BPF_F_RDONLY |
+    ///   BPF_F_WRONLY | BPF_F_STACK_BUILD_ID`, RDONLY with WRONLY,
+    ///   `max_entries == 0`, `key_size != 4`, a `value_size` that is not
+    ///   whole frames (8 bytes, 32 with build ids) or holds more than
+    ///   `max_stack` of them, a NUMA node other than 0 or -1.
+    /// - `TooBig`: `max_entries > 2^31`, or more than this target's
+    ///   freelist can index ([`HEAD_INDEX_MAX`](crate::HEAD_INDEX_MAX)).
+    /// - `NoMem`: the allocation failed (or the size overflows).
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     pub fn new(attr: &MapAttr) -> Result<StackMap, Error> {
         Self::with_config(attr, Config::default())
     }
 
     /// Creates a map for `cfg.nr_cpus` CPUs and a `perf_event_max_stack`
     /// of `cfg.max_stack`, allocating its memory (fallibly: `NoMem`).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](StackMapIn::new), and `Inval` for `cfg.nr_cpus == 0`.
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     pub fn with_config(attr: &MapAttr, cfg: Config) -> Result<StackMap, Error> {
         let geo = Geometry::new(attr, &cfg)?;
         let layout = Layout::new(&geo)?;
@@ -114,7 +191,12 @@ impl StackMapIn<'static> {
 
 impl<'a> StackMapIn<'a> {
     /// Bytes of memory [`new_in`](StackMapIn::new_in) needs for this map,
-    /// alignment slack included; errors as for `StackMap::with_config`.
+    /// alignment slack included.
+    ///
+    /// # Errors
+    ///
+    /// The creation errors of `StackMap::with_config`: `Inval`,
+    /// `TooBig`, `NoMem` (a size past the address space).
     pub fn storage_size(attr: &MapAttr, cfg: Config) -> Result<usize, Error> {
         let geo = Geometry::new(attr, &cfg)?;
         Ok(Layout::new(&geo)?.storage_size())
@@ -124,7 +206,25 @@ impl<'a> StackMapIn<'a> {
     /// kernel module's arena or a [`StaticStorage`](crate::StaticStorage).
     ///
     /// `mem` must have at least [`storage_size`](StackMapIn::storage_size)
-    /// bytes (any alignment), else `NoMem`. The map borrows it for `'a`.
+    /// bytes, at any alignment. The map borrows it for `'a`.
+    ///
+    /// ```
+    /// use core::mem::MaybeUninit;
+    /// use kstackmap::{Config, MapAttr, StackMapIn};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let attr = MapAttr { max_entries: 32, value_size: 8 * 8, ..MapAttr::default() };
+    /// let mut mem = [MaybeUninit::uninit(); 4096];
+    /// assert!(StackMapIn::storage_size(&attr, Config::default())? <= mem.len());
+    /// let map = StackMapIn::new_in(&attr, Config::default(), &mut mem)?;
+    /// map.get_stackid(0, &[0x1000, 0x2000], 0)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The creation errors of `StackMap::with_config` (`Inval`,
+    /// `TooBig`), and `NoMem` when `mem` is too small.
     pub fn new_in(
         attr: &MapAttr,
         cfg: Config,
@@ -197,12 +297,13 @@ impl StackMapIn<'_> {
     /// it runs (so it may use the map, including that shard), and there is
     /// one hook slot per process: arming again replaces an unfired hook.
     ///
-    /// `arg` is passed through untouched; tests pass the address of the
-    /// state the hook needs (which must then outlive the firing pop). On
+    /// `arg` is passed through untouched (never read by the library);
+    /// tests pass a pointer to the state the hook needs, which must then
+    /// outlive the firing pop. On
     /// the LL/SC targets (thumbv7em, ...) the hook build's pop runs split
     /// around the call, which is only fit for emulators (see
     /// `src/freelist.rs`).
-    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(usize), arg: usize) {
+    pub fn arm_pop_hook(&self, cpu: usize, hook: fn(*const ()), arg: *const ()) {
         self.freelist.arm_pop_hook(cpu, hook, arg);
     }
 

@@ -6,6 +6,7 @@
 use super::cache::Probe;
 use super::elem::{Elem, WORD};
 use super::protocol::{decide, Cmp, Seen};
+use super::versioned::{seq_of, split, version, StackRef};
 use super::StackMapIn;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::{count_kernel_ips, pe_user_skip};
@@ -27,11 +28,33 @@ impl StackMapIn<'_> {
     /// (use [`get_stackid_resolved`](StackMapIn::get_stackid_resolved) to
     /// resolve user frames).
     ///
-    /// Errors, as the kernel: `Inval` for unknown flags, `Fault` when the
-    /// chain is not longer than the skip, `Exist` when another stack holds
-    /// the bucket and `BPF_F_REUSE_STACKID` is not set, `NoMem` when every
-    /// element is in use (on build-id maps even for a known stack: they pop
-    /// an element before comparing, as the kernel does).
+    /// ```
+    /// use kstackmap::{uapi::BPF_F_USER_STACK, StackMap};
+    ///
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = StackMap::with_capacity(1024, 32)?;
+    /// let chain = [0x4011d6, 0x401234, 0x7f00_1234_5678]; // innermost first
+    /// let id = map.get_stackid(0, &chain, BPF_F_USER_STACK)?;
+    /// // The same stack from another CPU: the same id, the kernel's id.
+    /// assert_eq!(map.get_stackid(1, &chain, BPF_F_USER_STACK)?, id);
+    /// assert_eq!(id, kstackmap::trace_hash(&chain) & (map.n_buckets() - 1));
+    /// // Skip the innermost frame (the low 8 bits of flags): another stack.
+    /// let outer = map.get_stackid(0, &chain, 1)?;
+    /// assert_eq!(outer, kstackmap::trace_hash(&chain[1..]) & (map.n_buckets() - 1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As the kernel's:
+    /// - `Inval`: flags other than the skip, `BPF_F_USER_STACK`,
+    ///   `BPF_F_FAST_STACK_CMP` and `BPF_F_REUSE_STACKID`.
+    /// - `Fault`: the chain is not longer than the skip.
+    /// - `Exist`: another stack holds the bucket and `BPF_F_REUSE_STACKID`
+    ///   is not set.
+    /// - `NoMem`: every element is in use (on build-id maps even for a
+    ///   known stack: they take an element before comparing, as the kernel
+    ///   does).
     ///
     /// # Guarantee (stronger than the kernel's)
     ///
@@ -50,12 +73,18 @@ impl StackMapIn<'_> {
     /// the kernel's path. Results are the kernel's either way.
     pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid`](StackMapIn::get_stackid) for build-id maps, turning
     /// user frames (`BPF_F_USER_STACK`) into `(build id, file offset)`
     /// through `resolver`, as the kernel's `stack_map_get_build_id_offset`.
     /// On an ips map the resolver is not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid): `Inval`, `Fault`,
+    /// `Exist`, `NoMem`.
     pub fn get_stackid_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
@@ -64,6 +93,7 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
     /// `bpf_get_stackid_pe`: `callchain` is a perf sample's callchain, with
@@ -78,12 +108,23 @@ impl StackMapIn<'_> {
     /// chain longer than `max_stack` (its markers come on top of
     /// `max_stack` ips), a skip of `max_stack` gives the empty stack and a
     /// larger one the words past it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid`](StackMapIn::get_stackid) (`Inval`, `Fault`,
+    /// `Exist`, `NoMem`), and `Fault` when the user part's skip would pass
+    /// 255.
     pub fn get_stackid_pe(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, None::<&dyn VmaResolver>)
+            .map(|r| r.id)
     }
 
     /// [`get_stackid_pe`](StackMapIn::get_stackid_pe) with a resolver for
     /// build-id maps.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_stackid_pe`](StackMapIn::get_stackid_pe).
     pub fn get_stackid_pe_resolved<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
@@ -92,15 +133,18 @@ impl StackMapIn<'_> {
         resolver: &R,
     ) -> Result<u32, Error> {
         self.stackid_pe(cpu, callchain, flags, Some(resolver))
+            .map(|r| r.id)
     }
 
-    fn stackid<R: VmaResolver + ?Sized>(
+    /// The checks and walk of `bpf_get_stackid`; returns the id with the
+    /// version of the element that held the stack (`versioned.rs`).
+    pub(super) fn stackid<R: VmaResolver + ?Sized>(
         &self,
         cpu: usize,
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -115,7 +159,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as u32;
         let depth = self.geo.max_depth(skip) as usize;
         let trace = callchain.get(..depth).unwrap_or(callchain);
@@ -128,7 +172,7 @@ impl StackMapIn<'_> {
         callchain: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if flags & !STACKID_FLAG_MASK != 0 {
             return Err(Error::Inval);
         }
@@ -161,7 +205,7 @@ impl StackMapIn<'_> {
         trace: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
         if trace.len() <= skip {
             return Err(Error::Fault);
@@ -179,30 +223,30 @@ impl StackMapIn<'_> {
         ips: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         if self.geo.build_id() {
             return self.stackid_build_id(cpu, ips, flags, resolver);
         }
         // The hit cache (cache.rs): a verified id, or at least the hash.
         let (key, hash) = match self.probe(ips) {
-            (_, Probe::Hit(id)) => return Ok(id),
+            (_, Probe::Hit(found)) => return Ok(found),
             (key, Probe::Hash(hash)) => (key, hash),
             (key, Probe::Miss) => (key, trace_hash(ips)),
         };
-        let (id, slot) = self.stackid_hashed(cpu, ips, hash, flags)?;
-        self.refresh(key, slot, id);
-        Ok(id)
+        let (found, slot) = self.stackid_hashed(cpu, ips, hash, flags)?;
+        self.refresh(key, slot, found.id);
+        Ok(found)
     }
 
-    /// `__bpf_get_stackid` for an ips map, from the trace's hash: the id
-    /// and the slot that holds the stack in its bucket.
+    /// `__bpf_get_stackid` for an ips map, from the trace's hash: the id and
+    /// version, and the slot that holds the stack in its bucket.
     fn stackid_hashed(
         &self,
         cpu: usize,
         ips: &[u64],
         hash: u32,
         flags: u64,
-    ) -> Result<(u32, u32), Error> {
+    ) -> Result<(StackRef, u32), Error> {
         let id = hash & (self.geo.n_buckets - 1);
         let bucket = self.bucket(id).ok_or(Error::Fault)?;
         let nr = ips.len() as u32;
@@ -211,22 +255,35 @@ impl StackMapIn<'_> {
         loop {
             let seen = self.observe(bucket, |e| {
                 let (h, n) = e.hash_nr();
-                if h != hash {
+                let cmp = if h != hash {
                     Cmp::Other
                 } else if fast || (n == nr && e.eq_ips(ips)) {
                     Cmp::Same
                 } else {
                     Cmp::Other
-                }
+                };
+                (cmp, seq_of(&e))
             });
+            let (seen, theirs) = split(seen);
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
-                Err(hit_or_exist) => return hit_or_exist.map(|b| (id, b.wrapping_sub(1))),
+                Err(hit_or_exist) => {
+                    return hit_or_exist.map(|b| {
+                        let found = StackRef {
+                            id,
+                            version: theirs,
+                        };
+                        (found, b.wrapping_sub(1))
+                    })
+                }
             };
             let (slot, new) = self.take_slot(cpu)?;
             self.write(new, hash, nr, |e| e.store_ips(ips));
+            // Read before publishing: afterwards another thread may
+            // replace and rewrite the slot.
+            let version = version(slot, seq_of(&new));
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok((id, slot));
+                return Ok((StackRef { id, version }, slot));
             }
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.
@@ -243,39 +300,45 @@ impl StackMapIn<'_> {
         ips: &[u64],
         flags: u64,
         resolver: Option<&R>,
-    ) -> Result<u32, Error> {
+    ) -> Result<StackRef, Error> {
         let hash = trace_hash(ips);
         let id = hash & (self.geo.n_buckets - 1);
         let bucket = self.bucket(id).ok_or(Error::Fault)?;
         let nr = ips.len() as u32;
         let reuse = flags & BPF_F_REUSE_STACKID != 0;
         if flags & BPF_F_FAST_STACK_CMP != 0 {
-            let seen = self.observe(bucket, |e| e.hash_nr().0 == hash);
-            if let Seen::Slot(_, true) = seen {
-                return Ok(id);
+            let seen = self.observe(bucket, |e| (e.hash_nr().0 == hash, seq_of(&e)));
+            if let Seen::Slot(b, (true, seq)) = seen {
+                let version = version(b.wrapping_sub(1), seq);
+                return Ok(StackRef { id, version });
             }
         }
         let (slot, new) = self.take_slot(cpu)?;
         let user = flags & BPF_F_USER_STACK != 0;
         self.write(new, hash, nr, |e| write_build_ids(e, ips, user, resolver));
+        let ours = StackRef {
+            id,
+            version: version(slot, seq_of(&new)),
+        };
         let frame_words = nr as usize * (size_of::<StackBuildId>() / WORD);
         loop {
             let seen = self.observe(bucket, |e| {
-                if e.hash_nr() == (hash, nr) && e.eq_data(&new, frame_words) {
-                    Cmp::Same
-                } else {
-                    Cmp::Other
-                }
+                let same = e.hash_nr() == (hash, nr) && e.eq_data(&new, frame_words);
+                (if same { Cmp::Same } else { Cmp::Other }, seq_of(&e))
             });
+            let (seen, theirs) = split(seen);
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
                 Err(hit_or_exist) => {
                     self.freelist.push(cpu, slot);
-                    return hit_or_exist.map(|_| id);
+                    return hit_or_exist.map(|_| StackRef {
+                        id,
+                        version: theirs,
+                    });
                 }
             };
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok(id);
+                return Ok(ours);
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::Error;
 
 impl StackMapIn<'_> {
     /// Checks the map-fd permission the kernel checks before the map's code.
-    fn may(&self, read: bool, write: bool) -> Result<(), Error> {
+    pub(super) fn may(&self, read: bool, write: bool) -> Result<(), Error> {
         let f = self.geo.attr.map_flags;
         if (read && f & BPF_F_WRONLY != 0) || (write && f & BPF_F_RDONLY != 0) {
             return Err(Error::Perm);
@@ -22,7 +22,7 @@ impl StackMapIn<'_> {
 
     /// Copies slot `e`'s frames into `value`, zeroes the tail, and returns
     /// the number of frames.
-    fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
+    pub(super) fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
         let (_, nr) = e.hash_nr();
         let nr = (nr as usize).min(self.geo.value_frames as usize);
         let len = nr * self.geo.frame_size as usize;
@@ -33,20 +33,40 @@ impl StackMapIn<'_> {
         nr
     }
 
-    fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
+    pub(super) fn value_buf<'v>(&self, value: &'v mut [u8]) -> Result<&'v mut [u8], Error> {
         value
             .get_mut(..self.geo.attr.value_size as usize)
             .ok_or(Error::Inval)
     }
 
     /// `BPF_MAP_LOOKUP_ELEM`: copies stack `id` into `value` (its first
-    /// `value_size` bytes; a shorter buffer is `Inval`), zeroing the part
-    /// past the stack's frames. `NoEnt` for an empty bucket or an id
-    /// `>= n_buckets`; `Perm` on a `BPF_F_WRONLY` map.
+    /// `value_size` bytes), zeroing the part past the stack's frames. Ips
+    /// maps hold native-endian `u64`s, build-id maps
+    /// [`StackBuildId`]s; [`lookup_ips`](StackMapIn::lookup_ips) and
+    /// [`lookup_build_ids`](StackMapIn::lookup_build_ids) give them typed.
     ///
     /// The read is optimistic: it never takes the stack out of its bucket
     /// (the kernel's copy does, and can make a concurrent insert vanish),
     /// and retries only if a writer changed the bucket meanwhile.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), kstackmap::Error> {
+    /// let map = kstackmap::StackMap::with_capacity(64, 4)?;
+    /// let id = map.get_stackid(0, &[0x10, 0x20], 0)?;
+    /// let mut value = [0xffu8; 4 * 8];
+    /// map.lookup(id, &mut value)?;
+    /// assert_eq!(value[..8], 0x10u64.to_ne_bytes());
+    /// assert_eq!(value[8..16], 0x20u64.to_ne_bytes());
+    /// assert_eq!(value[16..], [0; 16]); // zeroed past the stack
+    /// assert_eq!(map.lookup(id ^ 1, &mut value), Err(kstackmap::Error::NoEnt));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - `NoEnt`: the bucket is empty, or `id >= n_buckets`.
+    /// - `Inval`: `value` is shorter than `value_size`.
+    /// - `Perm`: the map is `BPF_F_WRONLY`.
     pub fn lookup(&self, id: u32, value: &mut [u8]) -> Result<(), Error> {
         self.lookup_frames(id, value).map(drop)
     }
@@ -64,8 +84,13 @@ impl StackMapIn<'_> {
 
     /// [`lookup`](StackMapIn::lookup) into a typed buffer of an ips map,
     /// with no intermediate copy: the value lands in `out` (at least
-    /// `value_size / 8` long, else `Inval`) and the stack's frames are
-    /// returned as a slice of it. `Inval` on a build-id map.
+    /// `value_size / 8` long) and the stack's frames are returned as a
+    /// slice of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`lookup`](StackMapIn::lookup) (`NoEnt`, `Perm`), and `Inval` on
+    /// a build-id map or when `out` is shorter than `value_size / 8`.
     pub fn lookup_ips<'v>(&self, id: u32, out: &'v mut [u64]) -> Result<&'v [u64], Error> {
         if self.geo.build_id() {
             return Err(Error::Inval);
@@ -76,8 +101,12 @@ impl StackMapIn<'_> {
 
     /// [`lookup`](StackMapIn::lookup) into typed [`StackBuildId`] frames of
     /// a build-id map, with no intermediate copy; returns the stack's
-    /// frames. `Inval` on an ips map or when `out` is shorter than
-    /// `value_size / 32`.
+    /// frames.
+    ///
+    /// # Errors
+    ///
+    /// As [`lookup`](StackMapIn::lookup) (`NoEnt`, `Perm`), and `Inval` on
+    /// an ips map or when `out` is shorter than `value_size / 32`.
     pub fn lookup_build_ids<'v>(
         &self,
         id: u32,
@@ -91,8 +120,13 @@ impl StackMapIn<'_> {
     }
 
     /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 6.18+): copies stack `id`
-    /// out, as [`lookup`](StackMapIn::lookup), and removes it. Needs read
-    /// and write rights (`Perm` on RDONLY or WRONLY maps).
+    /// out, as [`lookup`](StackMapIn::lookup), and removes it.
+    ///
+    /// # Errors
+    ///
+    /// - `NoEnt`: the bucket is empty, or `id >= n_buckets`.
+    /// - `Inval`: `value` is shorter than `value_size`.
+    /// - `Perm`: the map is RDONLY or WRONLY (it needs both rights).
     pub fn lookup_and_delete(&self, id: u32, value: &mut [u8]) -> Result<(), Error> {
         self.may(true, true)?;
         let bucket = self.bucket(id).ok_or(Error::NoEnt)?;
@@ -109,8 +143,13 @@ impl StackMapIn<'_> {
         Ok(())
     }
 
-    /// `BPF_MAP_DELETE_ELEM`: removes stack `id`. `TooBig` for an id
-    /// `>= n_buckets`, `NoEnt` for an empty bucket, `Perm` on RDONLY maps.
+    /// `BPF_MAP_DELETE_ELEM`: removes stack `id`.
+    ///
+    /// # Errors
+    ///
+    /// - `TooBig`: `id >= n_buckets` (the kernel's errno here).
+    /// - `NoEnt`: the bucket is empty.
+    /// - `Perm`: the map is `BPF_F_RDONLY`.
     pub fn delete(&self, id: u32) -> Result<(), Error> {
         self.may(false, true)?;
         let bucket = self.bucket(id).ok_or(Error::TooBig)?;
@@ -133,7 +172,12 @@ impl StackMapIn<'_> {
 
     /// `BPF_MAP_GET_NEXT_KEY`: the first occupied id after `key`. No key,
     /// an id out of range, or an id whose bucket is empty restarts from 0,
-    /// as in the kernel. `NoEnt` when there is none; `Perm` on WRONLY maps.
+    /// as in the kernel.
+    ///
+    /// # Errors
+    ///
+    /// - `NoEnt`: no occupied id follows.
+    /// - `Perm`: the map is `BPF_F_WRONLY`.
     pub fn get_next_key(&self, key: Option<u32>) -> Result<u32, Error> {
         self.may(true, false)?;
         // Relaxed (all loads here): only emptiness is read, nothing behind
@@ -152,7 +196,12 @@ impl StackMapIn<'_> {
     }
 
     /// `BPF_MAP_UPDATE_ELEM`: stack maps can't be written from the syscall
-    /// side: `Inval` (`Perm` first on RDONLY maps, as the kernel checks).
+    /// side.
+    ///
+    /// # Errors
+    ///
+    /// Always: `Perm` on RDONLY maps (the kernel checks that first), else
+    /// `Inval`.
     pub fn update(&self, id: u32, value: &[u8], flags: u64) -> Result<(), Error> {
         self.may(false, true)?;
         let _ = (id, value, flags);
