@@ -244,6 +244,7 @@ fn ab(args: &[String]) {
         .iter()
         .map(|&p| match p {
             "kstackmap" => batch::<StackMapPeer<KStackMap>>(workload),
+            "kstackmap-thp" => batch::<StackMapPeer<ThpStackMap>>(workload),
             "kernel" => batch::<StackMapPeer<KernelPort>>(workload),
             "mutex" => batch::<MutexHashMap>(workload),
             "dashmap" => batch::<DashMapPeer>(workload),
