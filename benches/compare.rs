@@ -27,6 +27,10 @@
 //!   samples dealt round-robin to the threads); the structure is built
 //!   before and dropped after the timed part.
 //!
+//! - `steal` (2, 4 and 8 threads; the stack maps only): one thread drains
+//!   with `lookup_and_delete` on CPU 0 while the others insert on the other
+//!   CPUs, their own share of the freelist used up (see `steal_peer`).
+//!
 //! The `depot` peer (`StackDepot`) runs in `hit` and `mix` (where it never
 //! evicts: 16,384 stacks, 48 words each) and `replay` (65,536 stacks,
 //! 2^20 words).
@@ -57,7 +61,8 @@ mod workload;
 
 use kernel_port::KernelPort;
 use peers::{
-    DashMapPeer, DepotPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackMapPeer,
+    DashMapPeer, DepotPeer, Floor, KStackMap, MutexHashMap, PapayaPeer, Params, Peer, StackIdMap,
+    StackMapPeer,
 };
 use workload::Rng;
 
@@ -529,6 +534,87 @@ fn bench_replay(c: &mut Criterion) {
     }
 }
 
+// ------------------------------------------------------------------- steal
+
+/// Stacks in the `steal` pool: half the buckets, with distinct ids, so the
+/// pre-fill uses up the inserters' CPU's whole share of the freelist.
+const STEAL_STACKS: usize = MAX_ENTRIES as usize / 2;
+
+/// `steal`: thread 0 drains on CPU 0 with `lookup_and_delete` (a reader
+/// emptying the map as it goes) while threads 1.. insert on the other CPUs
+/// with `get_stackid` (flags 0: a hit, or a store into a drained bucket).
+/// Every pool stack was stored from the inserters' CPU first, so its share
+/// of the freelist is used up: the kernel design's inserters then pop
+/// what the drainer pushed onto CPU 0's list (steals, each behind CPU 0's
+/// spinlock); kstackmap gives a drained slot back to the shard it came
+/// from (`StackMap::delete`'s home shard), so its pops are local. All
+/// threads are timed; afterwards the share of inserter calls that stored
+/// is printed (the drainer's successes, each emptying one bucket).
+fn steal_peer<M: StackIdMap>(
+    c: &mut Criterion,
+    name: &str,
+    pool: &[Vec<u64>],
+    ids: &[u32],
+    threads: usize,
+) {
+    let mut group = c.benchmark_group("steal");
+    group.throughput(Throughput::Elements(1));
+    let p = params();
+    let map = M::create(&p);
+    let inserter_cpu = |t: usize| 1 + (t - 1) % (p.nr_cpus - 1).max(1);
+    for s in pool {
+        map.get_stackid(inserter_cpu(1), s, 0)
+            .expect("steal pool: distinct ids, room for all");
+    }
+    let seqs = sequences(threads, 9, |r| {
+        workload::uniform_sequence(r, pool.len(), SEQ_LEN)
+    });
+    let (drained, inserter_ops) = (AtomicU64::new(0), AtomicU64::new(0));
+    group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+        b.iter_custom(|iters| {
+            run_parallel(threads, iters, |t, iters| {
+                let seq = &seqs[t];
+                if t == 0 {
+                    let mut buf = vec![0u8; p.value_size as usize];
+                    let mut n = 0;
+                    for i in 0..iters as usize {
+                        let id = ids[seq[i & (SEQ_LEN - 1)] as usize];
+                        n += u64::from(map.lookup_and_delete(0, id, &mut buf).is_ok());
+                    }
+                    drained.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    let cpu = inserter_cpu(t);
+                    for i in 0..iters as usize {
+                        let s = &pool[seq[i & (SEQ_LEN - 1)] as usize];
+                        black_box(map.get_stackid(cpu, black_box(s), 0).ok());
+                    }
+                    inserter_ops.fetch_add(iters, Ordering::Relaxed);
+                }
+            })
+        })
+    });
+    group.finish();
+    let (d, o) = (
+        drained.load(Ordering::Relaxed),
+        inserter_ops.load(Ordering::Relaxed),
+    );
+    println!(
+        "steal/{name}/{threads}: {:.1}% of inserter calls stored a stack",
+        100.0 * d as f64 / o.max(1) as f64
+    );
+}
+
+fn bench_steal(c: &mut Criterion) {
+    let p = params();
+    let nb = p.n_buckets();
+    let pool = workload::distinct_id_pool(&mut Rng::new(23), STEAL_STACKS, DEPTH, nb);
+    let ids: Vec<u32> = pool.iter().map(|s| workload::id_of(s, nb)).collect();
+    for threads in [2, 4, 8] {
+        steal_peer::<KernelPort>(c, "kernel", &pool, &ids, threads);
+        steal_peer::<KStackMap>(c, "kstackmap", &pool, &ids, threads);
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -540,6 +626,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hit, bench_churn, bench_lookup, bench_mix, bench_replay
+    targets = bench_hit, bench_churn, bench_lookup, bench_mix, bench_replay, bench_steal
 }
 criterion_main!(benches);

@@ -16,7 +16,9 @@
 //!   including its tolerated race: the compare reads a slot that may be
 //!   recycled meanwhile (there is no sequence number to re-check).
 //! - `lookup` is `bpf_stackmap_copy`: `xchg(NULL)`, copy, swap back, and
-//!   push whatever a concurrent writer put there meanwhile.
+//!   push whatever a concurrent writer put there meanwhile;
+//!   `lookup_and_delete` is 6.18's `bpf_stackmap_extract` with delete:
+//!   `xchg(NULL)`, copy, push to the current CPU's list.
 //!
 //! What differs: ips are stored as `AtomicU64` words accessed with
 //! `Relaxed` loads and stores (plain `mov`s on x86-64), so the kernel's
@@ -210,6 +212,27 @@ impl KernelPort {
             self.push(cpu, old - 1);
         }
         Ok(id)
+    }
+
+    /// `bpf_stackmap_extract(..., delete = true)` (Linux 6.18's
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` for stack maps), run on `cpu`:
+    /// `xchg(NULL)`, copy, and push the element to this CPU's freelist.
+    pub fn lookup_and_delete(&self, cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error> {
+        if id >= self.n_buckets {
+            return Err(Error::NoEnt);
+        }
+        let bucket = self.buckets[id as usize].swap(0, Ordering::AcqRel);
+        if bucket == 0 {
+            return Err(Error::NoEnt);
+        }
+        let nr = (self.header_word(bucket - 1).load(Ordering::Relaxed) >> 32) as usize;
+        let len = nr * 8;
+        for (dst, w) in value[..len].chunks_exact_mut(8).zip(self.data(bucket - 1)) {
+            dst.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        value[len..].fill(0);
+        self.push(cpu, bucket - 1);
+        Ok(())
     }
 
     /// `bpf_stackmap_copy`, run on `cpu` (where a displaced element goes).

@@ -63,6 +63,8 @@ pub trait StackIdMap: Sync {
     fn create(p: &Params) -> Self;
     fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error>;
     fn lookup(&self, cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error>;
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, from `cpu`.
+    fn lookup_and_delete(&self, cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error>;
 }
 
 impl StackIdMap for KernelPort {
@@ -76,6 +78,10 @@ impl StackIdMap for KernelPort {
     #[inline]
     fn lookup(&self, cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error> {
         KernelPort::lookup(self, cpu, id, value)
+    }
+    #[inline]
+    fn lookup_and_delete(&self, cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error> {
+        KernelPort::lookup_and_delete(self, cpu, id, value)
     }
 }
 
@@ -101,6 +107,10 @@ impl StackIdMap for kstackmap::StackMap {
     #[inline]
     fn lookup(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error> {
         kstackmap::StackMap::lookup(self, id, value)
+    }
+    #[inline]
+    fn lookup_and_delete(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), Error> {
+        kstackmap::StackMap::lookup_and_delete(self, id, value)
     }
 }
 

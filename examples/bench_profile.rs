@@ -16,9 +16,12 @@
 
 use std::hint::black_box;
 
+// lookup_and_delete is for the multi-threaded `steal` bench only.
 #[path = "../benches/kernel_port.rs"]
+#[allow(dead_code)]
 mod kernel_port;
 #[path = "../benches/peers.rs"]
+#[allow(dead_code)]
 mod peers;
 #[path = "../benches/workload.rs"]
 mod workload;
@@ -148,50 +151,144 @@ impl peers::StackIdMap for ThpStackMap {
     fn lookup(&self, _cpu: usize, id: u32, value: &mut [u8]) -> Result<(), kstackmap::Error> {
         self.0.lookup(id, value)
     }
+    fn lookup_and_delete(
+        &self,
+        _cpu: usize,
+        id: u32,
+        value: &mut [u8],
+    ) -> Result<(), kstackmap::Error> {
+        self.0.lookup_and_delete(id, value)
+    }
 }
 
-fn run<P: Peer>(workload: &str, ops: usize) {
+/// The map `P` with `workload`'s stacks resident, and the op to time.
+/// The inputs are leaked: they live as long as the process.
+fn setup<P: Peer>(workload: &str) -> (P, Op<'static>) {
     let nb = params().n_buckets();
     let map = P::build(&params());
     let mut rng = Rng::new(1);
-    match workload {
+    let op = match workload {
         "hit" => {
-            let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, nb);
-            for s in &pool {
+            let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, nb).leak();
+            for s in pool.iter() {
                 map.mix(0, s);
             }
             let seq = workload::uniform_sequence(&mut rng, pool.len(), SEQ_LEN);
-            timed_loop(&map, &Op::Hit(&pool, seq), ops);
+            Op::Hit(pool, seq)
         }
         "churn" => {
-            let pairs = workload::colliding_pairs(&mut Rng::new(11), 2_048, 32, nb);
-            for p in &pairs {
+            let pairs = workload::colliding_pairs(&mut Rng::new(11), 2_048, 32, nb).leak();
+            for p in pairs.iter() {
                 map.mix(0, &p.1);
             }
-            timed_loop(&map, &Op::Churn(&pairs), ops);
+            Op::Churn(pairs)
         }
         "lookup" => {
-            let pairs = workload::colliding_pairs(&mut Rng::new(13), 2_048, 32, nb);
-            for p in &pairs {
+            let pairs = workload::colliding_pairs(&mut Rng::new(13), 2_048, 32, nb).leak();
+            for p in pairs.iter() {
                 map.mix(0, &p.1);
             }
             let ids = pairs.iter().map(|p| workload::id_of(&p.0, nb)).collect();
             let seq = workload::uniform_sequence(&mut rng, pairs.len(), SEQ_LEN);
-            timed_loop(&map, &Op::Lookup(&pairs, ids, seq), ops);
+            Op::Lookup(pairs, ids, seq)
         }
         "mix" => {
-            let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64);
+            let pool = workload::mixed_depth_pool(&mut Rng::new(17), 10_000, 5, 64).leak();
             let seq = workload::zipf_sequence(&mut rng, pool.len(), 1.0, SEQ_LEN);
             for &i in &seq {
                 map.mix(0, &pool[i as usize]);
             }
-            timed_loop(&map, &Op::Mix(&pool, seq), ops);
+            Op::Mix(pool, seq)
         }
-        "replay" => {
-            let chains = workload::recorded_chains();
-            timed_loop(&map, &Op::Replay(&chains), ops);
-        }
+        "replay" => Op::Replay(workload::recorded_chains().leak()),
         other => panic!("unknown workload {other}"),
+    };
+    (map, op)
+}
+
+fn run<P: Peer>(workload: &str, ops: usize) {
+    let (map, op) = setup::<P>(workload);
+    timed_loop(&map, &op, ops);
+}
+
+/// A timed batch runner for [`ab`]: runs `ops` ops, returns ns per op.
+type Batch = Box<dyn FnMut(usize) -> f64>;
+
+/// This thread's CPU time in ns (see [`thread_cpu`]).
+fn thread_cpu_ns() -> f64 {
+    thread_cpu().as_nanos() as f64
+}
+
+fn batch<P: Peer + 'static>(workload: &str) -> Batch {
+    let (map, op) = setup::<P>(workload);
+    Box::new(move |ops| {
+        let t = thread_cpu_ns();
+        timed_loop(&map, &op, ops);
+        (thread_cpu_ns() - t) / ops as f64
+    })
+}
+
+/// `ab WORKLOAD PEER,PEER,... [BATCHES] [OPS]`: one thread, the peers'
+/// batches interleaved (A B C A B C ...), each batch `OPS` ops (default
+/// 20,480: ten churn rounds, so every batch starts from the same state).
+/// Batches are timed in thread CPU time. Prints each peer's fastest and
+/// median batch, and the ratios of the fastest batches to the first
+/// peer's: on a loaded machine the fastest of many short batches is the
+/// one least disturbed (caches shared with other processes).
+fn ab(args: &[String]) {
+    let workload = args[2].as_str();
+    let peers: Vec<&str> = args[3].split(',').collect();
+    let batches: usize = args.get(4).map_or(40, |s| s.parse().expect("batches"));
+    let ops: usize = args.get(5).map_or(20_480, |s| s.parse().expect("ops"));
+    let mut runners: Vec<Batch> = peers
+        .iter()
+        .map(|&p| match p {
+            "kstackmap" => batch::<StackMapPeer<KStackMap>>(workload),
+            "kstackmap-thp" => batch::<StackMapPeer<ThpStackMap>>(workload),
+            "kernel" => batch::<StackMapPeer<KernelPort>>(workload),
+            "mutex" => batch::<MutexHashMap>(workload),
+            "dashmap" => batch::<DashMapPeer>(workload),
+            "papaya" => batch::<PapayaPeer>(workload),
+            "floor" => {
+                assert_eq!(workload, "hit", "the floor is for the hit path");
+                let nb = params().n_buckets();
+                let pool = workload::distinct_id_pool(&mut Rng::new(7), 4_096, 32, nb);
+                let floor = Floor::build(&params(), &pool);
+                let seq = workload::uniform_sequence(&mut Rng::new(1), pool.len(), SEQ_LEN);
+                Box::new(move |ops| {
+                    let t = thread_cpu_ns();
+                    timed_loop_floor(&floor, &pool, &seq, ops);
+                    (thread_cpu_ns() - t) / ops as f64
+                })
+            }
+            other => panic!("unknown peer {other}"),
+        })
+        .collect();
+    let mut times = vec![Vec::new(); peers.len()];
+    for r in runners.iter_mut() {
+        r(ops); // warm-up
+    }
+    for _ in 0..batches {
+        for (r, t) in runners.iter_mut().zip(&mut times) {
+            t.push(r(ops));
+        }
+    }
+    let mins: Vec<f64> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[0]
+        })
+        .collect();
+    for (i, p) in peers.iter().enumerate() {
+        let t = &times[i];
+        println!(
+            "{workload} {p}: min {:.1} ns/op, median {:.1}; min / {}'s min = {:.3}",
+            t[0],
+            t[t.len() / 2],
+            peers[0],
+            mins[i] / mins[0]
+        );
     }
 }
 
@@ -252,6 +349,9 @@ fn replay_cpu<P: Peer>(build: impl Fn() -> P, passes: usize, threads: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args[1] == "ab" {
+        return ab(&args);
+    }
     if args[1] == "replay-cpu" {
         let passes = args.get(3).map_or(10, |s| s.parse().expect("passes"));
         let threads = args.get(4).map_or(1, |s| s.parse().expect("threads"));

@@ -5,10 +5,13 @@
 //!
 //! Each CPU owns one Treiber stack. A stack is a single atomic *head word*
 //! (one per CPU, each on its own cache line) holding `{tag, index}` of the
-//! top element; the stack's links live in a side array of [`AtomicU32`],
-//! one per element index (`links[i]` = the index below `i`, or `EMPTY`).
-//! No pointers are stored anywhere, so the list can sit in caller-provided
-//! memory, be shared between address spaces, and never allocates.
+//! top element; each element has a next-link (`links[i]` = the index below
+//! `i`, or `EMPTY`). Where the links live is the [`Links`] trait's business:
+//! a side array of [`AtomicU32`] (the tests, `OwnedFreeList`), or a word
+//! inside each map element (the map: no side array, as in the kernel, where
+//! `fnode` is the element's first field). No pointers are stored anywhere,
+//! so the list can sit in caller-provided memory, be shared between address
+//! spaces, and never allocates.
 //!
 //! - `push(cpu, i)`: read the head of `cpu % nr_cpus`, write
 //!   `links[i] = head.index`, CAS the head from `{tag, index}` to
@@ -299,34 +302,90 @@ pub fn new_link() -> AtomicU32 {
     AtomicU32::new(EMPTY)
 }
 
+/// Where a [`FreeList`] keeps the next-link of each element.
+///
+/// The link of `i` is written only by the thread that holds `i` (in
+/// `push`, before the Release CAS that puts `i` on a stack, and by
+/// `populate` before the list is shared), and read by poppers, possibly
+/// after `i` has left the stack again (a stale read, which the tag makes
+/// harmless). An implementation must make `store` visible to a thread that
+/// acquires the head CAS that follows it (a Relaxed store suffices), and
+/// must not disturb anything a concurrent reader of the element relies on.
+#[allow(clippy::len_without_is_empty)] // a count of links, not a container
+pub trait Links: Copy {
+    /// The number of elements (indices `0..len()`).
+    fn len(&self) -> usize;
+    /// The link of element `i` (at least Relaxed); `None` if `i >= len()`.
+    fn load(&self, i: u32) -> Option<u32>;
+    /// Sets the link of element `i`, which the caller holds. Ignored if
+    /// `i >= len()`.
+    fn store(&self, i: u32, next: u32);
+    /// For the exclusive pop's `asm!`: link `i < len()` is the `AtomicU32`
+    /// at byte address `base + i * stride`, accessed only atomically.
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    fn raw(&self) -> (*const u32, u32);
+}
+
+/// A side array: `links[i]` is element `i`'s link.
+impl Links for &[AtomicU32] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[AtomicU32]>::len(self)
+    }
+    #[inline]
+    fn load(&self, i: u32) -> Option<u32> {
+        // Relaxed: ordered by the Acquire head load / CAS in `pop_one`
+        // (pairs with the pusher's Release CAS), as `Links` requires.
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.get(i))
+            .map(|l| l.load(Ordering::Relaxed))
+    }
+    #[inline]
+    fn store(&self, i: u32, next: u32) {
+        if let Some(l) = usize::try_from(i).ok().and_then(|i| self.get(i)) {
+            // Relaxed: published by the Release CAS in `push`, which pairs
+            // with the Acquire head load / CAS in `pop_one`.
+            l.store(next, Ordering::Relaxed);
+        }
+    }
+    #[cfg(all(kstackmap_llsc, not(loom), not(miri)))]
+    fn raw(&self) -> (*const u32, u32) {
+        (self.as_ptr().cast::<u32>(), size_of::<AtomicU32>() as u32)
+    }
+}
+
 /// A per-CPU lock-free freelist of the indices `0..capacity()`, over
-/// memory the caller provides: one [`Head`] per CPU and one [`AtomicU32`]
-/// next-link per element. See the [module docs](self) for the algorithm.
+/// memory the caller provides: one [`Head`] per CPU and one next-link per
+/// element, wherever `L` keeps them ([`Links`]; by default a side array of
+/// [`AtomicU32`]). See the [module docs](self) for the algorithm.
 ///
 /// A `FreeList` is a view: any number of them may be made over the same
 /// memory (they then share one state), and it is `Copy`.
 ///
 /// # Invariants
 ///
-/// - `links.len() <= MAX_ELEMS`, so every valid index is below `EMPTY`,
-///   and `pk` is the packing for `links.len()` (or a test's wider index
-///   field), so every index is below `pk.mask`.
-/// - Every head's index field is all ones or an index below `links.len()`,
-///   and so is every link reachable from a head (as long as every view over
-///   the same heads uses the same links and packing, which
-///   `OwnedFreeList` and the map ensure).
+/// - `n <= links.len()` and `n <= MAX_ELEMS`, so every valid index is
+///   below `EMPTY` and has a link, and `pk` is the packing for `n` (or a
+///   test's wider index field), so every index is below `pk.mask`.
+/// - Every head's index field is all ones or an index below `n`, and so
+///   is every link reachable from a head (as long as every view over the
+///   same heads uses the same links and packing, which `OwnedFreeList` and
+///   the map ensure).
 #[derive(Clone, Copy, Debug)]
-pub struct FreeList<'a> {
+pub struct FreeList<'a, L: Links = &'a [AtomicU32]> {
     /// One stack head per CPU.
     heads: &'a [Head],
-    /// `links[i]`: the index below `i` on its stack, or `EMPTY`. Meaningful
-    /// only while `i` is on a stack.
-    links: &'a [AtomicU32],
+    /// Link of `i`: the index below `i` on its stack, or `EMPTY`.
+    /// Meaningful only while `i` is on a stack.
+    links: L,
+    /// The number of elements: indices are `0..n`.
+    n: u32,
     /// How head words are split into tag and index.
     pk: Packing,
 }
 
-impl<'a> FreeList<'a> {
+impl<'a, L: Links + 'a> FreeList<'a, L> {
     /// A list over `heads` (one per CPU, `heads.len() >= 1`) and `links`
     /// (one per element, `links.len() = n <= MAX_ELEMS`).
     ///
@@ -338,15 +397,20 @@ impl<'a> FreeList<'a> {
     /// Contract violations do not panic in release builds: with no heads
     /// every `pop` returns `None` and every `push` is ignored; links past
     /// `MAX_ELEMS` are not used.
-    pub fn new(heads: &'a [Head], links: &'a [AtomicU32]) -> Self {
+    pub fn new(heads: &'a [Head], links: L) -> Self {
         debug_assert!(!heads.is_empty(), "a freelist needs at least one CPU");
         debug_assert!(links.len() <= MAX_ELEMS as usize, "too many elements");
-        // INVARIANT: truncated to MAX_ELEMS, so every index is below EMPTY.
-        let n = links.len().min(MAX_ELEMS as usize);
-        let links = links.get(..n).unwrap_or_default();
-        // `n <= MAX_ELEMS`, so it fits.
-        let pk = Packing::for_capacity(u32::try_from(n).unwrap_or(MAX_ELEMS));
-        FreeList { heads, links, pk }
+        // INVARIANT: capped at MAX_ELEMS, so every index is below EMPTY.
+        let n = u32::try_from(links.len())
+            .unwrap_or(MAX_ELEMS)
+            .min(MAX_ELEMS);
+        let pk = Packing::for_capacity(n);
+        FreeList {
+            heads,
+            links,
+            n,
+            pk,
+        }
     }
 
     /// [`new`](Self::new) with an index field of `index_bits` bits
@@ -354,7 +418,7 @@ impl<'a> FreeList<'a> {
     /// test can make the tag as narrow as `W - HEAD_INDEX_BITS` and reach
     /// its wrap. Every view over the same heads must use the same value.
     #[cfg(any(test, feature = "test-hooks"))]
-    pub fn with_index_bits(heads: &'a [Head], links: &'a [AtomicU32], index_bits: u32) -> Self {
+    pub fn with_index_bits(heads: &'a [Head], links: L, index_bits: u32) -> Self {
         let mut list = Self::new(heads, links);
         let need = list.pk.index_bits;
         list.pk = Packing::with_index_bits(index_bits.max(need));
@@ -376,8 +440,7 @@ impl<'a> FreeList<'a> {
     /// The number of elements: indices are `0..capacity()`.
     #[inline]
     pub fn capacity(&self) -> u32 {
-        // Never truncates: `new` caps `links.len()` at MAX_ELEMS.
-        u32::try_from(self.links.len()).unwrap_or(MAX_ELEMS)
+        self.n
     }
 
     /// The CPU whose stack [`populate`](Self::populate) put `idx` on: the
@@ -386,7 +449,7 @@ impl<'a> FreeList<'a> {
     /// the way populate spread them. `0` for an out-of-range index.
     pub fn home(&self, idx: u32) -> usize {
         let nr_cpus = self.heads.len();
-        let n = self.links.len();
+        let n = self.n as usize;
         let Ok(i) = usize::try_from(idx) else {
             return 0;
         };
@@ -420,7 +483,7 @@ impl<'a> FreeList<'a> {
     /// memory; call it before the list is shared.
     pub fn populate(&self) {
         let nr_cpus = self.heads.len();
-        let n = self.links.len();
+        let n = self.n as usize;
         let Some(per_cpu) = n.checked_div(nr_cpus) else {
             return;
         };
@@ -430,12 +493,13 @@ impl<'a> FreeList<'a> {
             let count = per_cpu + usize::from(cpu < extra);
             let end = start + count; // <= n: the counts sum to n
             let mut top = EMPTY;
-            for (i, link) in (start..end).zip(self.links.get(start..end).unwrap_or_default()) {
-                // Relaxed: not concurrent with anything; publishing the list
-                // (spawn, Release store of a pointer) orders it for readers.
-                link.store(top, Ordering::Relaxed);
+            for i in start..end {
                 // `i < n <= MAX_ELEMS`, so it fits; EMPTY is unreachable.
-                top = u32::try_from(i).unwrap_or(EMPTY);
+                let i = u32::try_from(i).unwrap_or(EMPTY);
+                // Not concurrent with anything; publishing the list (spawn,
+                // Release store of a pointer) orders it for readers.
+                self.links.store(i, top);
+                top = i;
             }
             // Relaxed: not concurrent with anything (see the link store).
             let old = head.load(Ordering::Relaxed);
@@ -453,20 +517,19 @@ impl<'a> FreeList<'a> {
     /// a caller bug: it trips a `debug_assert` and is otherwise ignored.
     #[inline]
     pub fn push(&self, cpu: usize, idx: u32) {
-        let link = usize::try_from(idx).ok().and_then(|i| self.links.get(i));
         let head = cpu
             .checked_rem(self.heads.len())
             .and_then(|c| self.heads.get(c));
-        let (Some(link), Some(head)) = (link, head) else {
+        let (true, Some(head)) = (idx < self.n, head) else {
             debug_assert!(false, "push of index {idx} out of range or no CPUs");
             return;
         };
         // Relaxed: only a guess at the expected value; the CAS below checks it.
         let mut cur = head.load(Ordering::Relaxed);
         loop {
-            // Relaxed: published by the Release CAS below, which pairs with
-            // the Acquire head load/CAS in `pop_one` that reads this link.
-            link.store(self.pk.index_of(cur), Ordering::Relaxed);
+            // Published by the Release CAS below, which pairs with the
+            // Acquire head load/CAS in `pop_one` that reads this link.
+            self.links.store(idx, self.pk.index_of(cur));
             // The tag is kept: a push's CAS is safe even after ABA (the top
             // is `index_of(cur)` right now, which is what the link says), and
             // keeping it makes the tag wrap only after 2^T pops, not pushes.
@@ -493,9 +556,16 @@ impl<'a> FreeList<'a> {
     pub fn pop(&self, cpu: usize) -> Option<u32> {
         let nr_cpus = self.heads.len();
         let start = cpu.checked_rem(nr_cpus)?;
-        // CPUs `start..nr_cpus` then `0..start`: for_each_cpu_wrap(start).
+        // The caller's own CPU first: the common case, without the
+        // iterator below.
+        if let Some(i) = self.pop_one(self.heads.get(start)?) {
+            return Some(i);
+        }
+        // Then CPUs `start + 1..nr_cpus` and `0..start`: the rest of
+        // for_each_cpu_wrap(start).
         let (before, from) = self.heads.split_at_checked(start)?;
-        from.iter()
+        from.get(1..)?
+            .iter()
             .chain(before)
             .find_map(|head| self.pop_one(head))
     }
@@ -574,16 +644,18 @@ impl<'a> FreeList<'a> {
             if self.pk.is_empty(idx) {
                 return None;
             }
-            let Some(link) = usize::try_from(idx).ok().and_then(|i| self.links.get(i)) else {
+            let next = match self.links.load(idx) {
+                // Ordered by the Acquire that read `cur`; if the link has
+                // changed since, `idx` was popped (tag bumped) and the CAS
+                // fails unless 2^T pops ran meanwhile (the ABA bound).
+                Some(next) if idx < self.n => next,
                 // Unreachable by the invariants (only views with other links
                 // over the same heads could get here): treat as empty.
-                debug_assert!(false, "head index {idx} out of range");
-                return None;
+                _ => {
+                    debug_assert!(false, "head index {idx} out of range");
+                    return None;
+                }
             };
-            // Relaxed: ordered by the Acquire that read `cur`; if the link has
-            // changed since, `idx` was popped (tag bumped) and the CAS fails
-            // unless 2^T pops ran meanwhile (the documented ABA bound).
-            let next = link.load(Ordering::Relaxed);
             #[cfg(any(test, feature = "test-hooks"))]
             hook::fire(head);
             let new = self.pk.bumped(cur, next);
@@ -621,17 +693,16 @@ impl<'a> FreeList<'a> {
         #[cfg(not(feature = "test-hooks"))]
         {
             let idx: u32;
-            // Link `i` is the u32 at `base + i * stride` (a side array today;
-            // any layout with a fixed stride fits the `mla` below).
-            let base = self.links.as_ptr().cast::<u32>();
-            let stride = size_of::<AtomicU32>() as u32;
+            // Link `i` is the u32 at `base + i * stride` (`Links::raw`: a
+            // side array, or a word of each map element's header).
+            let (base, stride) = self.links.raw();
             // SAFETY: `head.as_ptr()` is a valid, aligned u32 for the life of
             // `head`, and every other access to it is atomic. The link load
-            // reads `base + idx * stride` only for `idx < n = links.len()`
-            // (checked by the `cmp`/`bhs` before it), which is `links[idx]`,
-            // inside `self.links`, an AtomicU32 (same layout as u32) read
-            // only atomically elsewhere; a 32-bit aligned LDR is single-copy
-            // atomic. No store other than the STREX; `nostack`: no stack use.
+            // reads `base + idx * stride` only for `idx < n <= links.len()`
+            // (checked by the `cmp`/`bhs` before it), which is link `idx`,
+            // an AtomicU32 (same layout as u32) read only atomically
+            // elsewhere (`Links::raw`'s contract); a 32-bit aligned LDR is
+            // single-copy atomic. No store other than the STREX; `nostack`.
             // The block reads and writes memory, so the compiler orders it
             // with the surrounding accesses (no `nomem`/`readonly`).
             unsafe {
@@ -696,14 +767,13 @@ impl<'a> FreeList<'a> {
                     cur = out(reg) cur, options(nostack));
             }
             let idx = cur & mask;
-            let Some(link) = self.links.get(idx as usize).filter(|_| idx < n) else {
+            let Some(next) = self.links.load(idx).filter(|_| idx < n) else {
                 // SAFETY: CLREX only resets the local monitor.
                 unsafe { core::arch::asm!("clrex", options(nostack, nomem)) };
                 return None;
             };
-            // Relaxed: ordered after the LDREX by the address dependency,
-            // and the STREX below fails if the head changed meanwhile.
-            let next = link.load(Ordering::Relaxed);
+            // (The link load is ordered after the LDREX by the address
+            // dependency, and the STREX below fails if the head changed.)
             hook::fire(head);
             let bumped = self.pk.bumped(cur, next);
             let failed: u32;
@@ -850,7 +920,7 @@ impl OwnedFreeList {
     /// A view to push and pop through (cheap: two slice references).
     #[inline]
     pub fn list(&self) -> FreeList<'_> {
-        FreeList::new(&self.heads, &self.links)
+        FreeList::new(&self.heads, &self.links[..])
     }
 }
 
@@ -994,7 +1064,7 @@ mod tests {
         // A full wrap for real, with the tag narrowed to 16 bits (12 under
         // Miri): 2^T pops bring the head back to where it started.
         let tag_bits = if cfg!(miri) { 8 } else { 16 };
-        let list = FreeList::with_index_bits(&l.heads, &l.links, HeadWord::BITS - tag_bits);
+        let list = FreeList::with_index_bits(&l.heads, &l.links[..], HeadWord::BITS - tag_bits);
         assert_eq!(list.packing().tag_bits(), tag_bits);
         list.populate(); // re-packs the heads for the narrow tag
         let before = head.load(SeqCst);
@@ -1071,7 +1141,7 @@ mod tests {
     fn aba_bound_is_exact() {
         let tag_bits = if cfg!(miri) { 8 } else { 16 };
         let l = OwnedFreeList::new_populated(1, 4).unwrap();
-        let list = FreeList::with_index_bits(&l.heads, &l.links, HeadWord::BITS - tag_bits);
+        let list = FreeList::with_index_bits(&l.heads, &l.links[..], HeadWord::BITS - tag_bits);
         assert_eq!(list.packing().tag_bits(), tag_bits);
         list.populate(); // re-packs the heads for the narrow tag
         let wrap = 1u64 << tag_bits;
@@ -1210,11 +1280,11 @@ mod tests {
     fn borrowed_memory() {
         let heads = [new_head(), new_head()];
         let links: [AtomicU32; 5] = core::array::from_fn(|_| new_link());
-        let list = FreeList::new(&heads, &links);
+        let list = FreeList::new(&heads, &links[..]);
         list.populate();
         assert_eq!(list.pop(1), Some(4));
         // A second view over the same memory shares the state.
-        let again = FreeList::new(&heads, &links);
+        let again = FreeList::new(&heads, &links[..]);
         assert_eq!(again.pop(1), Some(3));
         assert_conserved(list, vec![4, 3]);
     }

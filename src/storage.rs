@@ -3,12 +3,18 @@
 //! A map is one block of memory, carved into four arrays:
 //!
 //! ```text
-//! +------------------+----------------+------------------+---------------------------------+
-//! | heads            | links          | buckets          | elements                        |
-//! | nr_cpus x Head   | max_entries x  | n_buckets x      | max_entries x (3 + value_size/4)|
-//! | (cache-padded)   | AtomicU32      | AtomicU32        | AtomicU32                       |
-//! +------------------+----------------+------------------+---------------------------------+
+//! +----------------+-------------+----------------+---------------------------------------+
+//! | heads          | buckets     | hit cache      | elements                              |
+//! | nr_cpus x Head | n_buckets x | n_cache x      | max_entries x (16 B header            |
+//! | (cache-padded) | AtomicU32   | ElemAtomic     |               + value_size B of data) |
+//! +----------------+-------------+----------------+---------------------------------------+
+//!                                ^ 8-byte aligned ^ 8-byte aligned
 //! ```
+//!
+//! Elements are [`ElemAtomic`] words (`map/elem.rs`); the freelist's links
+//! live in their headers. The hit cache (`map/cache.rs`) has 8 bytes per
+//! bucket of [`ElemAtomic`] entries on ips maps (`n_buckets` 64-bit or
+//! `2 * n_buckets` 32-bit ones) and none on build-id maps.
 //!
 //! The block is either allocated by [`StackMap::new`](crate::StackMap::new)
 //! (feature `alloc`) or handed over by the caller
@@ -22,32 +28,43 @@ use core::mem::{align_of, size_of, MaybeUninit};
 use core::sync::atomic::AtomicBool;
 
 use crate::freelist::{self, Head};
-use crate::map::Geometry;
-use crate::sync::AtomicU32;
+use crate::map::{Geometry, HDR_WORDS};
+use crate::sync::{AtomicU32, ElemAtomic, ElemWord};
 use crate::Error;
-
-/// Words of an element header: sequence number, hash, nr.
-pub(crate) const HDR_WORDS: usize = 3;
 
 /// Byte offsets of the four arrays in a map's block.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
-    pub links: usize,
     pub buckets: usize,
+    pub cache: usize,
     pub elems: usize,
     /// Bytes from the (aligned) start of the block to its end.
     pub size: usize,
-    /// Words per element: `HDR_WORDS + value_size / 4`.
-    pub elem_words: usize,
+    /// Words per element: `HDR_WORDS + value_size / size_of::<ElemWord>()`.
+    pub stride: usize,
+    /// Entries of the hit cache (0 on build-id maps).
+    pub n_cache: usize,
 }
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The alignment of the element array: at least 8 bytes, so every
+/// element's data is 8-byte aligned (header and value sizes are multiples
+/// of 8), and at least the word's own alignment.
+const ELEMS_ALIGN: usize = max(8, align_of::<ElemAtomic>());
 
 impl Layout {
     /// The alignment the block's start needs.
-    pub const ALIGN: usize = if align_of::<Head>() > align_of::<AtomicU32>() {
-        align_of::<Head>()
-    } else {
-        align_of::<AtomicU32>()
-    };
+    pub const ALIGN: usize = max(
+        max(align_of::<Head>(), align_of::<AtomicU32>()),
+        ELEMS_ALIGN,
+    );
 
     /// The layout for `g`; `NoMem` if it does not fit the address space,
     /// `TooBig` if the freelist cannot index that many elements here.
@@ -57,23 +74,41 @@ impl Layout {
         }
         let word = size_of::<AtomicU32>();
         let max_entries = g.attr.max_entries as usize;
-        let elem_words = HDR_WORDS + g.value_words;
+        // The word's value size, not the atomic's: loom's atomics are
+        // bigger than the integers they model.
+        let stride = HDR_WORDS + g.attr.value_size as usize / size_of::<ElemWord>();
+        let n_cache = match (g.n_buckets as usize).checked_mul(8 / size_of::<ElemWord>()) {
+            // No cache on build-id maps, nor below one set of two ways.
+            _ if g.build_id() => 0,
+            Some(n) if n < 2 => 0,
+            Some(n) => n,
+            None => return Err(Error::NoMem),
+        };
         let heads = g
             .nr_cpus
             .checked_mul(size_of::<Head>())
             .ok_or(Error::NoMem)?;
-        let links = max_entries.checked_mul(word).ok_or(Error::NoMem)?;
         let buckets = (g.n_buckets as usize)
             .checked_mul(word)
             .ok_or(Error::NoMem)?;
-        let elems = max_entries
-            .checked_mul(elem_words)
-            .and_then(|w| w.checked_mul(word))
+        let cache = n_cache
+            .checked_mul(size_of::<ElemAtomic>())
             .ok_or(Error::NoMem)?;
-        // Heads come first (largest alignment); the rest are word arrays.
-        let links_at = heads;
-        let buckets_at = links_at.checked_add(links).ok_or(Error::NoMem)?;
-        let elems_at = buckets_at.checked_add(buckets).ok_or(Error::NoMem)?;
+        let elems = max_entries
+            .checked_mul(stride)
+            .and_then(|w| w.checked_mul(size_of::<ElemAtomic>()))
+            .ok_or(Error::NoMem)?;
+        // Heads come first (largest alignment), then the buckets, then the
+        // cache and the elements, each rounded up to ELEMS_ALIGN.
+        let buckets_at = heads;
+        let cache_at = buckets_at
+            .checked_add(buckets)
+            .and_then(|e| e.checked_next_multiple_of(ELEMS_ALIGN))
+            .ok_or(Error::NoMem)?;
+        let elems_at = cache_at
+            .checked_add(cache)
+            .and_then(|e| e.checked_next_multiple_of(ELEMS_ALIGN))
+            .ok_or(Error::NoMem)?;
         let size = elems_at.checked_add(elems).ok_or(Error::NoMem)?;
         // Slack so that a block of `storage_size` bytes at any address fits.
         size.checked_add(Self::ALIGN).ok_or(Error::NoMem)?;
@@ -81,11 +116,12 @@ impl Layout {
             return Err(Error::NoMem);
         }
         Ok(Layout {
-            links: links_at,
             buckets: buckets_at,
+            cache: cache_at,
             elems: elems_at,
             size,
-            elem_words,
+            stride,
+            n_cache,
         })
     }
 
@@ -104,11 +140,12 @@ impl Layout {
 /// shared slices), so `drop_in_place` may use them for the destructors.
 pub(crate) struct Region<'a> {
     pub heads: &'a [Head],
-    pub links: &'a [AtomicU32],
     pub buckets: &'a [AtomicU32],
-    pub elems: &'a [AtomicU32],
+    pub cache: &'a [ElemAtomic],
+    pub elems: &'a [ElemAtomic],
     raw_heads: *mut [Head],
-    raw_words: [*mut [AtomicU32]; 3],
+    raw_buckets: *mut [AtomicU32],
+    raw_elem_words: [*mut [ElemAtomic]; 2],
 }
 
 impl<'a> Region<'a> {
@@ -121,18 +158,22 @@ impl<'a> Region<'a> {
     /// during `'a` except through the returned region.
     pub unsafe fn init(base: *mut u8, g: &Geometry, layout: &Layout) -> Region<'a> {
         let word = || AtomicU32::new(0);
-        let n_elem_words = g.attr.max_entries as usize * layout.elem_words;
+        let n_elem_words = g.attr.max_entries as usize * layout.stride;
         // SAFETY (all four calls): the offsets come from `layout`, which
         // places each array inside the block, suitably aligned (heads at
-        // offset 0 of an ALIGN-aligned base; words at multiples of 4 after
-        // arrays whose sizes are multiples of 4); the caller gives us the
-        // block exclusively for 'a.
-        let (raw_heads, links, buckets, elems) = unsafe {
+        // offset 0 of an ALIGN-aligned base; buckets, u32 words, right after
+        // the heads, whose size is a multiple of their alignment; the cache
+        // and the elements at multiples of ELEMS_ALIGN, itself a multiple of
+        // ElemAtomic's alignment, from a base aligned to at least
+        // ELEMS_ALIGN); the caller gives us the block exclusively for 'a.
+        let (raw_heads, buckets, cache, elems) = unsafe {
             (
                 init_slice(base, g.nr_cpus, freelist::new_head),
-                init_slice(base.add(layout.links), g.attr.max_entries as usize, word),
                 init_slice(base.add(layout.buckets), g.n_buckets as usize, word),
-                init_slice(base.add(layout.elems), n_elem_words, word),
+                init_slice(base.add(layout.cache), layout.n_cache, || {
+                    ElemAtomic::new(0)
+                }),
+                init_slice(base.add(layout.elems), n_elem_words, || ElemAtomic::new(0)),
             )
         };
         // SAFETY: each pointer covers initialised elements in the block we
@@ -141,11 +182,12 @@ impl<'a> Region<'a> {
         unsafe {
             Region {
                 heads: &*raw_heads,
-                links: &*links,
                 buckets: &*buckets,
+                cache: &*cache,
                 elems: &*elems,
                 raw_heads,
-                raw_words: [links, buckets, elems],
+                raw_buckets: buckets,
+                raw_elem_words: [cache, elems],
             }
         }
     }
@@ -163,7 +205,11 @@ impl<'a> Region<'a> {
             unsafe { core::ptr::drop_in_place(self.raw_heads) };
         }
         if core::mem::needs_drop::<AtomicU32>() {
-            for raw in self.raw_words {
+            // SAFETY: as above.
+            unsafe { core::ptr::drop_in_place(self.raw_buckets) };
+        }
+        if core::mem::needs_drop::<ElemAtomic>() {
+            for raw in self.raw_elem_words {
                 // SAFETY: as above.
                 unsafe { core::ptr::drop_in_place(raw) };
             }

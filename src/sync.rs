@@ -16,9 +16,17 @@
 //! tag (see `freelist.rs`). The choice is a type alias, as crossbeam-epoch
 //! does with `cfg(target_has_atomic = "64")`.
 //!
-//! `RUSTFLAGS="--cfg kstackmap_head32"` forces the narrow head on any
-//! target, so the fallback's unit tests and loom models run on a 64-bit
-//! host too (scripts/test does so for the freelist).
+//! # Element words
+//!
+//! A map element (header and data, see `map/elem.rs`) is an array of
+//! [`ElemAtomic`] words: [`AtomicU64`] where the target has 64-bit atomics
+//! (an ip is one relaxed load or store, as in the kernel's layout), and
+//! [`AtomicU32`] elsewhere (an ip is two).
+//!
+//! `RUSTFLAGS="--cfg kstackmap_head32"` forces both fallbacks (the narrow
+//! head and 32-bit element words) on any target, so the code thumbv7em
+//! runs is unit-tested and model-checked on a 64-bit host too (scripts/test
+//! does so for the freelist and the map).
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
@@ -53,6 +61,20 @@ pub(crate) type HeadWord = u32;
 /// tag always has at least as many.
 #[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
 pub(crate) const HEAD_INDEX_BITS: u32 = 16;
+
+/// The atomic word map elements are made of (header and data).
+#[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
+pub(crate) type ElemAtomic = AtomicU64;
+/// The plain integer behind [`ElemAtomic`].
+#[cfg(all(target_has_atomic = "64", not(kstackmap_head32)))]
+pub(crate) type ElemWord = u64;
+
+/// The atomic word map elements are made of (header and data).
+#[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
+pub(crate) type ElemAtomic = AtomicU32;
+/// The plain integer behind [`ElemAtomic`].
+#[cfg(any(not(target_has_atomic = "64"), kstackmap_head32))]
+pub(crate) type ElemWord = u32;
 
 /// The largest number of elements a freelist (and so a map) can hold on
 /// this target: the index field must also encode "empty".

@@ -62,6 +62,12 @@ fn port_matches_stackmap() {
             let got = port.lookup(cpu, id, &mut b);
             assert_eq!(got, want, "call {call}: lookup {id}");
             assert_eq!(a, b, "call {call}: lookup {id} bytes");
+            if rng.next_u64() % 16 == 0 {
+                let want = ours.lookup_and_delete(id, &mut a);
+                let got = port.lookup_and_delete(cpu, id, &mut b);
+                assert_eq!(got, want, "call {call}: lookup_and_delete {id}");
+                assert_eq!(a, b, "call {call}: lookup_and_delete {id} bytes");
+            }
         }
     }
 }

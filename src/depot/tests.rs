@@ -351,10 +351,10 @@ fn records_are_exact_length() {
 /// Against a HashMap, with a random mix of known and new stacks.
 #[test]
 fn matches_a_hashmap() {
-    let d = depot(2000, 20_000);
+    let (cap, n) = if cfg!(miri) { (64, 40) } else { (2000, 3000) };
+    let d = depot(cap, cap as usize * 10);
     let mut model: HashMap<Vec<u64>, u32> = HashMap::new();
     let mut x = 5u64;
-    let n = if cfg!(miri) { 60 } else { 3000 };
     for _ in 0..n {
         let depth = 1 + (xorshift(&mut x) % 4) as usize;
         let s: Vec<u64> = (0..depth).map(|_| xorshift(&mut x) % 6).collect();

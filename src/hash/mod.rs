@@ -6,7 +6,7 @@
 //! - [`stack`]: the depot's keyed hash (`StackHasher`, `stack_hash`),
 //!   built for instruction-level parallelism: ids there are the depot's
 //!   own, so it need not be `jhash2`. Crate-internal; the map's hit cache
-//!   may use it as a pre-hash.
+//!   uses it as a pre-hash (a `StackHasher` with a fixed seed).
 
 mod jhash;
 pub(crate) mod stack;

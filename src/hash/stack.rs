@@ -70,7 +70,6 @@ impl StackHasher {
 
     /// The hash of `frames`.
     #[inline]
-    #[allow(dead_code)] // the map's hit cache (issue 15) is its first user
     pub(crate) fn hash(&self, frames: &[u64]) -> u64 {
         self.hash_with(frames, 0)
     }
@@ -182,7 +181,8 @@ mod tests {
     fn avalanche() {
         let h = StackHasher::new(0x5eed);
         let mut x = 0x1234_5678_9abc_def1u64;
-        let (depths, trials) = if cfg!(miri) { (3, 2) } else { (20, 24) };
+        // Miri: a token run (the hash has no unsafe code and no UB to find).
+        let (depths, trials) = if cfg!(miri) { (2, 1) } else { (20, 24) };
         for depth in 1..=depths {
             let mut flips = [0u32; 64];
             let mut n = 0u32;
@@ -202,7 +202,7 @@ mod tests {
             for (b, &f) in flips.iter().enumerate() {
                 let p = f as f64 / n as f64;
                 // n >= 1,536 samples: 5 sigma of a fair coin is < 0.07.
-                let tol = if cfg!(miri) { 0.25 } else { 0.07 };
+                let tol = if cfg!(miri) { 0.4 } else { 0.07 };
                 assert!((p - 0.5).abs() < tol, "depth {depth} bit {b}: {p}");
             }
         }

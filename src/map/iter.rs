@@ -7,9 +7,8 @@
 
 use core::iter::FusedIterator;
 
-use super::protocol::{Seen, NR};
+use super::protocol::Seen;
 use super::StackMapIn;
-use crate::sync::Ordering;
 use crate::uapi::PERF_MAX_STACK_DEPTH;
 use crate::Error;
 
@@ -85,14 +84,10 @@ impl Iterator for Iter<'_, '_> {
             let mut frames = Frames::new();
             let seen = map.observe(bucket, |e| {
                 frames.clear();
-                let nr = (e.word(NR) as usize).min(map.geo.value_frames as usize);
-                for w in e.data().chunks_exact(2).take(nr) {
-                    // Relaxed: read under the sequence number (`observe`).
-                    let lo = w[0].load(Ordering::Relaxed).to_ne_bytes();
-                    let hi = w[1].load(Ordering::Relaxed).to_ne_bytes();
-                    let ip = u64::from_ne_bytes([
-                        lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3],
-                    ]);
+                let (_, nr) = e.hash_nr();
+                let nr = (nr as usize).min(map.geo.value_frames as usize);
+                // Read under the sequence number (`observe`).
+                for ip in e.ips(nr) {
                     // Never full: `iter` checked value_frames <= capacity.
                     let _ = frames.push(ip);
                 }

@@ -5,6 +5,10 @@
 //!   sequence number, optimistic reads, publish by `swap` or
 //!   `compare_exchange`) with its invariants; the loom models in
 //!   `loom-tests/tests/map.rs` check it.
+//! - `elem.rs`: one element's layout (16-byte header with the freelist
+//!   link, data in 64-bit words where the target has them).
+//! - `cache.rs`: the hit cache, a verified shortcut past `jhash2`, with its
+//!   protocol and invariants (loom models in the same file as the map's).
 //! - `stackid.rs`: `get_stackid` and its variants (the kernel's walk, skip,
 //!   truncation, build ids, `_pe`).
 //! - `syscall.rs`: lookup, delete, get_next_key, update.
@@ -16,6 +20,10 @@
 mod attr;
 #[cfg(feature = "alloc")]
 mod audit;
+mod cache;
+#[cfg(all(test, feature = "std"))]
+mod cache_tests;
+mod elem;
 mod iter;
 mod protocol;
 mod stackid;
@@ -28,6 +36,7 @@ pub(crate) use attr::Geometry;
 pub use attr::{Config, MapAttr};
 #[cfg(feature = "alloc")]
 pub use audit::AuditError;
+pub(crate) use elem::HDR_WORDS;
 pub use iter::{Frames, Iter};
 pub use versioned::StackRef;
 
@@ -38,6 +47,8 @@ use crate::freelist::FreeList;
 use crate::storage::{Layout, Region};
 use crate::sync::AtomicU32;
 use crate::Error;
+use cache::Cache;
+use elem::Elems;
 
 /// A stack trace map over memory that lives for `'a`.
 ///
@@ -54,10 +65,11 @@ use crate::Error;
 /// and unaliased for `'a` (or until `Drop`, when `owned` is set).
 pub struct StackMapIn<'a> {
     geo: Geometry,
-    elem_words: usize,
-    freelist: FreeList<'a>,
+    elems: Elems<'a>,
+    /// Free slots; their links live in the elements' headers.
+    freelist: FreeList<'a, Elems<'a>>,
     buckets: &'a [AtomicU32],
-    elems: &'a [AtomicU32],
+    cache: Cache<'a>,
     region: Region<'a>,
     /// The block to free on drop, when the map allocated it.
     #[cfg(feature = "alloc")]
@@ -232,14 +244,15 @@ impl<'a> StackMapIn<'a> {
     }
 
     fn from_region(geo: Geometry, layout: Layout, region: Region<'a>) -> Self {
-        let freelist = FreeList::new(region.heads, region.links);
+        let elems = Elems::new(region.elems, layout.stride);
+        let freelist = FreeList::new(region.heads, elems);
         freelist.populate();
         StackMapIn {
             geo,
-            elem_words: layout.elem_words,
+            elems,
             freelist,
             buckets: region.buckets,
-            elems: region.elems,
+            cache: Cache::new(region.cache, geo.n_buckets),
             region,
             #[cfg(feature = "alloc")]
             owned: None,
@@ -258,18 +271,18 @@ impl<'a> StackMapIn<'a> {
         self.geo.n_buckets
     }
 
-    /// Bytes of memory the map uses: its own struct, the freelist heads and
-    /// links, the buckets and the elements. The kernel's `map_mem_usage` for
-    /// the same attributes is
+    /// Bytes of memory the map uses: its own struct, the freelist heads,
+    /// the buckets, the hit cache and the elements. The kernel's
+    /// `map_mem_usage` for the same attributes is
     /// `sizeof(struct bpf_stack_map) + n_buckets * 8 + max_entries * (16 + value_size)`;
-    /// ours has 4-byte buckets and a
-    /// 16-byte element overhead (12-byte header + 4-byte freelist link).
+    /// ours has the same 16-byte element header (the freelist link is in
+    /// it), 4-byte buckets, and on ips maps 8 bytes of hit cache per bucket.
     pub fn mem_usage(&self) -> usize {
         size_of::<Self>()
             + core::mem::size_of_val(self.region.heads)
-            + core::mem::size_of_val(self.region.links)
             + core::mem::size_of_val(self.buckets)
-            + core::mem::size_of_val(self.elems)
+            + core::mem::size_of_val(self.cache.entries())
+            + core::mem::size_of_val(self.region.elems)
     }
 }
 

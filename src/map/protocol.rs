@@ -2,12 +2,12 @@
 //!
 //! # Protocols
 //!
-//! **Elements.** Slot `i` is `3 + value_size / 4` atomic words: a sequence
-//! number, the trace hash, the frame count `nr`, then the value's bytes as
-//! native-endian `u32` words (so `lookup` hands out exactly the bytes the
-//! kernel would). A slot is in exactly one place at any time: the freelist,
-//! one bucket, or the hands of one thread (a writer between `pop` and
-//! publish, or a remover between taking it out of its bucket and `push`).
+//! **Elements.** Slot `i` is a 16-byte header (a sequence number, the
+//! freelist link, the trace hash, the frame count `nr`) and the value's
+//! bytes, in atomic words (`elem.rs` has the layout). A slot is in exactly
+//! one place at any time: the freelist, one bucket, or the hands of one
+//! thread (a writer between `pop` and publish, or a remover between taking
+//! it out of its bucket and `push`).
 //!
 //! **Writes (seqlock).** Only the thread holding a slot writes it: it makes
 //! the sequence number odd, stores the header and data, then makes it even
@@ -27,7 +27,9 @@
 //! for the whole read and sat in this bucket during the call. Readers
 //! never take a slot out of its bucket, so unlike the kernel's
 //! `bpf_stackmap_copy` (which swaps the bucket to NULL and back) a lookup
-//! can't make a concurrent insert disappear.
+//! can't make a concurrent insert disappear. The hit cache (`cache.rs`)
+//! reads through `observe` too, and adds one read of a slot validated by
+//! its sequence number alone.
 //!
 //! # Invariants
 //!
@@ -44,6 +46,8 @@
 //! - A slot in a bucket has an even sequence number and is not written.
 //! - A slot in bucket `id` holds a trace whose `hash & (n_buckets - 1)` is
 //!   `id`.
+//! - On ips maps, every complete version of a slot has `hash ==
+//!   trace_hash(frames)` (the cache relies on it: `cache.rs`).
 //!
 //! # Progress
 //!
@@ -55,14 +59,10 @@
 //! rewrite of a slot: a read is fooled only if one slot is rewritten 2^31
 //! times while the read is in progress.
 
+use super::elem::Elem;
 use super::StackMapIn;
-use crate::storage::HDR_WORDS;
 use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
 use crate::Error;
-
-pub(super) const SEQ: usize = 0;
-pub(super) const HASH: usize = 1;
-pub(super) const NR: usize = 2;
 
 /// What a reader saw in a bucket.
 pub(super) enum Seen<T> {
@@ -78,57 +78,26 @@ pub(super) enum Cmp {
     Other,
 }
 
-/// What `__bpf_get_stackid` does after comparing with the bucket: `Err(Ok)`
-/// a hit, `Err(Err(Exist))` a collision without REUSE, `Ok(expect)` store
-/// the trace, publishing over the bucket word `expect` (0 when empty).
-pub(super) fn decide(seen: Seen<Cmp>, reuse: bool) -> Result<u32, Result<(), Error>> {
+/// What `__bpf_get_stackid` does after comparing with the bucket:
+/// `Err(Ok(b))` a hit on bucket word `b`, `Err(Err(Exist))` a collision
+/// without REUSE, `Ok(expect)` store the trace, publishing over the bucket
+/// word `expect` (0 when empty).
+pub(super) fn decide(seen: Seen<Cmp>, reuse: bool) -> Result<u32, Result<u32, Error>> {
     match seen {
-        Seen::Slot(_, Cmp::Same) => Err(Ok(())),
+        Seen::Slot(b, Cmp::Same) => Err(Ok(b)),
         Seen::Slot(_, Cmp::Other) if !reuse => Err(Err(Error::Exist)),
         Seen::Slot(b, Cmp::Other) => Ok(b),
         Seen::Empty => Ok(0),
     }
 }
 
-/// One slot's words: header then data.
-///
-/// # Invariants
-///
-/// `seq` is `words[SEQ]`: looked up once, in [`StackMapIn::elem`], so that
-/// reaching it needs no index check (and no panic path) afterwards.
-#[derive(Clone, Copy)]
-pub(super) struct Elem<'m> {
-    words: &'m [AtomicU32],
-    seq: &'m AtomicU32,
-}
-
-impl<'m> Elem<'m> {
-    pub(super) fn word(&self, i: usize) -> u32 {
-        // Relaxed: element words are read under the sequence number, whose
-        // Acquire load and fence order these loads (see `observe`).
-        self.words.get(i).map_or(0, |w| w.load(Ordering::Relaxed))
-    }
-    pub(super) fn set(&self, i: usize, v: u32) {
-        // Relaxed: only the slot's owner writes, between the odd store and
-        // the Release store of the sequence number (see `write`).
-        if let Some(w) = self.words.get(i) {
-            w.store(v, Ordering::Relaxed);
-        }
-    }
-    pub(super) fn seq(&self) -> &'m AtomicU32 {
-        self.seq
-    }
-    pub(super) fn data(&self) -> &'m [AtomicU32] {
-        self.words.get(HDR_WORDS..).unwrap_or(&[])
-    }
-
+impl Elem<'_> {
     /// Makes the sequence number odd: from here until `end_write` readers
     /// that look at this slot retry.
     fn begin_write(&self) -> u32 {
-        let seq = self.seq();
         // Relaxed: only the owner writes `seq`, so it reads its own value.
-        let s = seq.load(Ordering::Relaxed);
-        seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        let s = self.seq(Ordering::Relaxed);
+        self.set_seq(s.wrapping_add(1), Ordering::Relaxed);
         // Release fence: pairs with the reader's Acquire fence in `observe`,
         // so a reader that sees any data store below also sees the odd seq.
         fence(Ordering::Release);
@@ -138,53 +107,14 @@ impl<'m> Elem<'m> {
     fn end_write(&self, s: u32) {
         // Release: pairs with the Acquire load of `seq` in `observe`; a
         // reader that sees the even value sees all data stored before it.
-        self.seq().store(s.wrapping_add(2), Ordering::Release);
+        self.set_seq(s.wrapping_add(2), Ordering::Release);
     }
-
-    pub(super) fn eq_ips(&self, ips: &[u64]) -> bool {
-        let data = self.data();
-        // No early exit: a mismatch is nearly always caught by the hash
-        // first, and the branch-free loop is shorter.
-        let Some(data) = data.get(..ips.len() * 2) else {
-            return false;
-        };
-        let mut diff = 0;
-        for (w, &ip) in data.chunks_exact(2).zip(ips) {
-            let [lo, hi] = ip_words(ip);
-            diff |= (w[0].load(Ordering::Relaxed) ^ lo) | (w[1].load(Ordering::Relaxed) ^ hi);
-        }
-        diff == 0
-    }
-
-    pub(super) fn eq_words(&self, other: &Elem<'_>, n: usize) -> bool {
-        let (a, b) = (self.data(), other.data());
-        n <= a.len()
-            && n <= b.len()
-            && a.iter()
-                .zip(b)
-                .take(n)
-                .all(|(x, y)| x.load(Ordering::Relaxed) == y.load(Ordering::Relaxed))
-    }
-}
-
-/// A u64 as the two u32 words of its native-endian bytes, in memory order.
-#[inline(always)]
-pub(super) fn ip_words(ip: u64) -> [u32; 2] {
-    let b = ip.to_ne_bytes();
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-    ]
 }
 
 impl<'a> StackMapIn<'a> {
+    #[inline]
     pub(super) fn elem(&self, slot: u32) -> Option<Elem<'a>> {
-        let start = (slot as usize).checked_mul(self.elem_words)?;
-        let words = self.elems.get(start..start.checked_add(self.elem_words)?)?;
-        // INVARIANT: `seq` is `words[SEQ]`. Never `None`: an element has
-        // `HDR_WORDS` header words, so its slice is not empty.
-        let seq = words.get(SEQ)?;
-        Some(Elem { words, seq })
+        self.elems.get(slot)
     }
 
     pub(super) fn bucket(&self, id: u32) -> Option<&'a AtomicU32> {
@@ -206,7 +136,7 @@ impl<'a> StackMapIn<'a> {
                 return Seen::Empty;
             };
             // Acquire: pairs with `end_write`'s Release store.
-            let s1 = e.seq().load(Ordering::Acquire);
+            let s1 = e.seq(Ordering::Acquire);
             if s1 & 1 == 0 {
                 let out = read(e);
                 // Acquire fence: pairs with `begin_write`'s Release fence; if
@@ -216,7 +146,7 @@ impl<'a> StackMapIn<'a> {
                 // this load makes the new version's sequence number visible.
                 let b2 = bucket.load(Ordering::Acquire);
                 // Relaxed: ordered after the fence above.
-                let s2 = e.seq().load(Ordering::Relaxed);
+                let s2 = e.seq(Ordering::Relaxed);
                 if b2 == b && s2 == s1 {
                     return Seen::Slot(b, out);
                 }
@@ -228,11 +158,10 @@ impl<'a> StackMapIn<'a> {
     }
 
     /// Writes the header and, through `data`, the frames of the slot we hold.
-    pub(super) fn write(&self, e: Elem<'a>, hash: u32, nr: u32, data: impl FnOnce(&[AtomicU32])) {
+    pub(super) fn write(&self, e: Elem<'a>, hash: u32, nr: u32, data: impl FnOnce(Elem<'a>)) {
         let s = e.begin_write();
-        e.set(HASH, hash);
-        e.set(NR, nr);
-        data(e.data());
+        e.set_hash_nr(hash, nr);
+        data(e);
         e.end_write(s);
     }
 

@@ -3,13 +3,14 @@
 //! concurrency protocol it follows (observe, write, publish) is in
 //! `protocol.rs`.
 
-use super::protocol::{decide, ip_words, Cmp, Seen, HASH, NR};
+use super::cache::Probe;
+use super::elem::{Elem, WORD};
+use super::protocol::{decide, Cmp, Seen};
 use super::versioned::{seq_of, split, version, StackRef};
 use super::StackMapIn;
 use crate::build_id::{resolve_frames, VmaResolver};
 use crate::callchain::{count_kernel_ips, pe_user_skip};
 use crate::hash::trace_hash;
-use crate::sync::{AtomicU32, Ordering};
 use crate::uapi::{
     StackBuildId, BPF_F_FAST_STACK_CMP, BPF_F_REUSE_STACKID, BPF_F_SKIP_FIELD_MASK,
     BPF_F_USER_STACK, STACKID_FLAG_MASK,
@@ -64,6 +65,12 @@ impl StackMapIn<'_> {
     /// a false hit (the kernel's `memcmp` can). With `BPF_F_FAST_STACK_CMP`
     /// only the hash is compared, as in the kernel. Never allocates, blocks
     /// or panics.
+    ///
+    /// On ips maps a hit usually skips `jhash2`: a cache in the map's memory
+    /// names the slot and bucket that last held the stack, and the id is
+    /// returned only under the same guarantee (every frame compared, the
+    /// slot's sequence number and the bucket checked); anything else takes
+    /// the kernel's path. Results are the kernel's either way.
     pub fn get_stackid(&self, cpu: usize, callchain: &[u64], flags: u64) -> Result<u32, Error> {
         self.stackid(cpu, callchain, flags, None::<&dyn VmaResolver>)
             .map(|r| r.id)
@@ -217,61 +224,40 @@ impl StackMapIn<'_> {
         flags: u64,
         resolver: Option<&R>,
     ) -> Result<StackRef, Error> {
-        let hash = trace_hash(ips);
+        if self.geo.build_id() {
+            return self.stackid_build_id(cpu, ips, flags, resolver);
+        }
+        // The hit cache (cache.rs): a verified id, or at least the hash.
+        let (key, hash) = match self.probe(ips) {
+            (_, Probe::Hit(found)) => return Ok(found),
+            (key, Probe::Hash(hash)) => (key, hash),
+            (key, Probe::Miss) => (key, trace_hash(ips)),
+        };
+        let (found, slot) = self.stackid_hashed(cpu, ips, hash, flags)?;
+        self.refresh(key, slot, found.id);
+        Ok(found)
+    }
+
+    /// `__bpf_get_stackid` for an ips map, from the trace's hash: the id and
+    /// version, and the slot that holds the stack in its bucket.
+    fn stackid_hashed(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        hash: u32,
+        flags: u64,
+    ) -> Result<(StackRef, u32), Error> {
         let id = hash & (self.geo.n_buckets - 1);
         let bucket = self.bucket(id).ok_or(Error::Fault)?;
         let nr = ips.len() as u32;
         let fast = flags & BPF_F_FAST_STACK_CMP != 0;
         let reuse = flags & BPF_F_REUSE_STACKID != 0;
-
-        if self.geo.build_id() {
-            if fast {
-                let seen = self.observe(bucket, |e| (e.word(HASH) == hash, seq_of(&e)));
-                if let Seen::Slot(b, (true, seq)) = seen {
-                    let version = version(b.wrapping_sub(1), seq);
-                    return Ok(StackRef { id, version });
-                }
-            }
-            // The kernel pops before comparing build-id stacks (a full map
-            // gives ENOMEM even for a known stack); so do we.
-            let (slot, new) = self.take_slot(cpu)?;
-            let user = flags & BPF_F_USER_STACK != 0;
-            self.write(new, hash, nr, |data| {
-                write_build_ids(data, ips, user, resolver)
-            });
-            let ours = StackRef {
-                id,
-                version: version(slot, seq_of(&new)),
-            };
-            let frame_words = nr as usize * (size_of::<StackBuildId>() / 4);
-            loop {
-                let seen = self.observe(bucket, |e| {
-                    let same =
-                        e.word(HASH) == hash && e.word(NR) == nr && e.eq_words(&new, frame_words);
-                    (if same { Cmp::Same } else { Cmp::Other }, seq_of(&e))
-                });
-                let (seen, theirs) = split(seen);
-                let expect = match decide(seen, reuse) {
-                    Ok(expect) => expect,
-                    Err(hit_or_exist) => {
-                        self.freelist.push(cpu, slot);
-                        return hit_or_exist.map(|()| StackRef {
-                            id,
-                            version: theirs,
-                        });
-                    }
-                };
-                if self.publish(cpu, bucket, expect, slot, reuse) {
-                    return Ok(ours);
-                }
-            }
-        }
-
         loop {
             let seen = self.observe(bucket, |e| {
-                let cmp = if e.word(HASH) != hash {
+                let (h, n) = e.hash_nr();
+                let cmp = if h != hash {
                     Cmp::Other
-                } else if fast || (e.word(NR) == nr && e.eq_ips(ips)) {
+                } else if fast || (n == nr && e.eq_ips(ips)) {
                     Cmp::Same
                 } else {
                     Cmp::Other
@@ -282,53 +268,91 @@ impl StackMapIn<'_> {
             let expect = match decide(seen, reuse) {
                 Ok(expect) => expect,
                 Err(hit_or_exist) => {
-                    return hit_or_exist.map(|()| StackRef {
-                        id,
-                        version: theirs,
+                    return hit_or_exist.map(|b| {
+                        let found = StackRef {
+                            id,
+                            version: theirs,
+                        };
+                        (found, b.wrapping_sub(1))
                     })
                 }
             };
             let (slot, new) = self.take_slot(cpu)?;
-            self.write(new, hash, nr, |data| {
-                for (w, &ip) in data.chunks_exact(2).zip(ips) {
-                    let [lo, hi] = ip_words(ip);
-                    // Relaxed: inside the slot's write section (see `write`).
-                    w[0].store(lo, Ordering::Relaxed);
-                    w[1].store(hi, Ordering::Relaxed);
-                }
-            });
+            self.write(new, hash, nr, |e| e.store_ips(ips));
             // Read before publishing: afterwards another thread may
             // replace and rewrite the slot.
             let version = version(slot, seq_of(&new));
             if self.publish(cpu, bucket, expect, slot, reuse) {
-                return Ok(StackRef { id, version });
+                return Ok((StackRef { id, version }, slot));
             }
             // Someone else changed the bucket first: give the slot back
             // and decide again on what is there now.
             self.freelist.push(cpu, slot);
         }
     }
+
+    /// `__bpf_get_stackid` for a build-id map: the kernel pops an element
+    /// before comparing (a full map gives ENOMEM even for a known stack),
+    /// and so do we.
+    fn stackid_build_id<R: VmaResolver + ?Sized>(
+        &self,
+        cpu: usize,
+        ips: &[u64],
+        flags: u64,
+        resolver: Option<&R>,
+    ) -> Result<StackRef, Error> {
+        let hash = trace_hash(ips);
+        let id = hash & (self.geo.n_buckets - 1);
+        let bucket = self.bucket(id).ok_or(Error::Fault)?;
+        let nr = ips.len() as u32;
+        let reuse = flags & BPF_F_REUSE_STACKID != 0;
+        if flags & BPF_F_FAST_STACK_CMP != 0 {
+            let seen = self.observe(bucket, |e| (e.hash_nr().0 == hash, seq_of(&e)));
+            if let Seen::Slot(b, (true, seq)) = seen {
+                let version = version(b.wrapping_sub(1), seq);
+                return Ok(StackRef { id, version });
+            }
+        }
+        let (slot, new) = self.take_slot(cpu)?;
+        let user = flags & BPF_F_USER_STACK != 0;
+        self.write(new, hash, nr, |e| write_build_ids(e, ips, user, resolver));
+        let ours = StackRef {
+            id,
+            version: version(slot, seq_of(&new)),
+        };
+        let frame_words = nr as usize * (size_of::<StackBuildId>() / WORD);
+        loop {
+            let seen = self.observe(bucket, |e| {
+                let same = e.hash_nr() == (hash, nr) && e.eq_data(&new, frame_words);
+                (if same { Cmp::Same } else { Cmp::Other }, seq_of(&e))
+            });
+            let (seen, theirs) = split(seen);
+            let expect = match decide(seen, reuse) {
+                Ok(expect) => expect,
+                Err(hit_or_exist) => {
+                    self.freelist.push(cpu, slot);
+                    return hit_or_exist.map(|_| StackRef {
+                        id,
+                        version: theirs,
+                    });
+                }
+            };
+            if self.publish(cpu, bucket, expect, slot, reuse) {
+                return Ok(ours);
+            }
+        }
+    }
 }
 
 /// Stores `ips` as build-id frames into a slot's data words.
 fn write_build_ids<R: VmaResolver + ?Sized>(
-    data: &[AtomicU32],
+    e: Elem<'_>,
     ips: &[u64],
     user: bool,
     resolver: Option<&R>,
 ) {
-    let words = size_of::<StackBuildId>() / 4;
+    let words = size_of::<StackBuildId>() / WORD;
     resolve_frames(ips, user, resolver, |i, frame| {
-        let bytes = zerocopy::IntoBytes::as_bytes(frame);
-        let at = i * words;
-        if let Some(dst) = data.get(at..at + words) {
-            for (w, c) in dst.iter().zip(bytes.chunks_exact(4)) {
-                // Relaxed: inside the slot's write section (see `write`).
-                w.store(
-                    u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
-                    Ordering::Relaxed,
-                );
-            }
-        }
+        e.store_bytes(i * words, zerocopy::IntoBytes::as_bytes(frame));
     });
 }

@@ -3,7 +3,8 @@
 //! map-fd permission check (`BPF_F_RDONLY` / `BPF_F_WRONLY`) the kernel does
 //! before the map's own code. Readers follow `observe` in `protocol.rs`.
 
-use super::protocol::{Elem, Seen, NR};
+use super::elem::Elem;
+use super::protocol::Seen;
 use super::StackMapIn;
 use crate::sync::Ordering;
 use crate::uapi::{StackBuildId, BPF_F_RDONLY, BPF_F_WRONLY};
@@ -22,13 +23,12 @@ impl StackMapIn<'_> {
     /// Copies slot `e`'s frames into `value`, zeroes the tail, and returns
     /// the number of frames.
     pub(super) fn copy_out(&self, e: Elem<'_>, value: &mut [u8]) -> usize {
-        let nr = (e.word(NR) as usize).min(self.geo.value_frames as usize);
+        let (_, nr) = e.hash_nr();
+        let nr = (nr as usize).min(self.geo.value_frames as usize);
         let len = nr * self.geo.frame_size as usize;
         let (head, tail) = value.split_at_mut(len.min(value.len()));
         // len is a multiple of 8 (frame sizes are), so no remainder.
-        for (chunk, w) in head.chunks_exact_mut(4).zip(e.data()) {
-            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
-        }
+        e.copy_out(head);
         tail.fill(0);
         nr
     }

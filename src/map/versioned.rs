@@ -32,9 +32,8 @@
 //! the read compared or copied. An inserter reads its own slot's version
 //! after writing and before publishing, while no one else can write it.
 
-use core::ptr;
-
-use super::protocol::{Cmp, Elem, Seen};
+use super::elem::Elem;
+use super::protocol::{Cmp, Seen};
 use super::StackMapIn;
 use crate::sync::Ordering;
 use crate::Error;
@@ -68,7 +67,7 @@ pub(super) fn version(slot: u32, seq: u32) -> u64 {
 /// coherence puts this load between them, so it returns that value too.
 /// The owner of a slot reads its own last store.
 pub(super) fn seq_of(e: &Elem<'_>) -> u32 {
-    e.seq().load(Ordering::Relaxed)
+    e.seq(Ordering::Relaxed)
 }
 
 /// Splits what a compare saw into the decision's input and the version of
@@ -157,7 +156,7 @@ impl StackMapIn<'_> {
         let seen = self.observe(bucket, |e| {
             // The same slot (one element, one sequence word) at the same
             // version; only then copy.
-            let same = ptr::eq(e.seq(), want.seq()) && seq_of(&e) == seq;
+            let same = e.is(&want) && seq_of(&e) == seq;
             if same {
                 self.copy_out(e, value);
             }
