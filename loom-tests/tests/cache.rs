@@ -14,34 +14,12 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 use kstackmap::uapi::BPF_F_REUSE_STACKID;
 use kstackmap::{trace_hash, Error, MapAttr, StackMap};
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use loom::sync::Arc;
 use loom::thread;
-
-/// Runs `f` under loom and prints how many interleavings it explored.
-fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    // std's atomic, not loom's: it counts executions across the model.
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(2);
-    }
-    let start = std::time::Instant::now();
-    b.check(move || {
-        counter.fetch_add(1, Relaxed);
-        f();
-    });
-    let n = runs.load(Relaxed);
-    println!(
-        "loom model {name}: {n} interleavings in {:.1?}",
-        start.elapsed()
-    );
-}
+use loom_tests::model;
 
 /// An ips map of `max_entries` 2-frame stacks, one CPU.
 fn map(max_entries: u32) -> StackMap {

@@ -16,32 +16,10 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 use kstackmap::{DepotConfig, DepotStats, Error, StackDepot};
 use loom::sync::Arc;
 use loom::thread;
-
-/// Runs `f` under loom and prints how many interleavings it explored.
-fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    // std's atomic, not loom's: it counts executions across the model.
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(2);
-    }
-    let start = std::time::Instant::now();
-    b.check(move || {
-        counter.fetch_add(1, Relaxed);
-        f();
-    });
-    let n = runs.load(Relaxed);
-    println!(
-        "loom model {name}: {n} interleavings in {:.1?}",
-        start.elapsed()
-    );
-}
+use loom_tests::model;
 
 fn depot(capacity: u32, arena_words: usize) -> StackDepot {
     let cfg = DepotConfig {

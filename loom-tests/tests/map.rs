@@ -11,37 +11,14 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::{
-    AtomicUsize,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::Ordering::SeqCst;
 
 use kstackmap::uapi::{BPF_F_REUSE_STACKID, BPF_F_STACK_BUILD_ID};
 use kstackmap::{trace_hash, Error, MapAttr, StackMap};
 use loom::sync::atomic::AtomicBool;
 use loom::sync::Arc;
 use loom::thread;
-
-/// Runs `f` under loom and prints how many interleavings it explored.
-fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    // std's atomic, not loom's: it counts executions across the model.
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(2);
-    }
-    let start = std::time::Instant::now();
-    b.check(move || {
-        counter.fetch_add(1, Relaxed);
-        f();
-    });
-    let n = runs.load(Relaxed);
-    println!(
-        "loom model {name}: {n} interleavings in {:.1?}",
-        start.elapsed()
-    );
-}
+use loom_tests::model;
 
 /// A 2-element, 2-bucket ips map with 2-frame values.
 fn small_map() -> StackMap {
