@@ -14,7 +14,11 @@ use common::*;
 
 /// A process that spins in its main thread and, `delay` seconds after it
 /// starts, in a second thread too. Python: its threads are OS threads
-/// (they take turns on the GIL, both are sampled).
+/// (they take turns on the GIL, both are sampled). The interpreter itself
+/// is started, not `python3` from PATH: that may be a wrapper script
+/// (pyenv's shim is a bash script whose process is named `python3` before
+/// it execs `pyenv`, bash again, and at last the interpreter), and an
+/// attach during the wrapper samples bash.
 fn python_spinner(delay: f64) -> Option<Child> {
     let script = format!(
         "import threading, time\n\
@@ -23,17 +27,24 @@ fn python_spinner(delay: f64) -> Option<Child> {
          threading.Thread(target=spin, daemon=True).start()\n\
          spin()\n"
     );
-    match Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
+    let python = match Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
     {
-        Ok(c) => Some(c),
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => panic!("python3 -c 'print(sys.executable)' failed: {o:?}"),
         Err(e) => {
             println!("SKIPPED: python3 is not installed ({e}); nothing to attach to");
-            None
+            return None;
         }
-    }
+    };
+    Some(
+        Command::new(&python)
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{python}: {e}")),
+    )
 }
 
 /// Thread ids named in `--per-thread` root frames ("name (tid N)").
@@ -54,8 +65,8 @@ fn threads_started_after_attaching_are_sampled() {
         return;
     };
     let pid = child.id();
-    // `python3` may be a wrapper script (pyenv) that execs the interpreter:
-    // attach once the process is python itself, before the second thread.
+    // Attach once the interpreter has loaded (its comm is set at exec;
+    // the second thread starts `delay` later).
     for _ in 0..200 {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim().starts_with("python") {
