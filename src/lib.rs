@@ -80,6 +80,8 @@
 //! kernel's can make a concurrent insert vanish). All methods take `&self`
 //! and may be called from any number of threads.
 #![no_std]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "alloc")]

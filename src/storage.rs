@@ -159,7 +159,7 @@ impl<'a> Region<'a> {
     pub unsafe fn init(base: *mut u8, g: &Geometry, layout: &Layout) -> Region<'a> {
         let word = || AtomicU32::new(0);
         let n_elem_words = g.attr.max_entries as usize * layout.stride;
-        // SAFETY (all four calls): the offsets come from `layout`, which
+        // SAFETY: (all four calls) the offsets come from `layout`, which
         // places each array inside the block, suitably aligned (heads at
         // offset 0 of an ALIGN-aligned base; buckets, u32 words, right after
         // the heads, whose size is a multiple of their alignment; the cache

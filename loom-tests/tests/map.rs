@@ -79,7 +79,7 @@ where
 }
 
 fn into_inner(map: Arc<StackMap>) -> StackMap {
-    Arc::try_unwrap(map).ok().expect("threads joined")
+    Arc::try_unwrap(map).unwrap_or_else(|_| panic!("threads joined"))
 }
 
 #[test]

@@ -231,6 +231,8 @@ impl<'a> Cache<'a> {
 
     /// The slot and bucket an entry names.
     #[inline]
+    // `ElemWord` is u32 where the target has no 64-bit atomics.
+    #[allow(clippy::unnecessary_cast)]
     fn fields(&self, entry: ElemWord) -> (u32, u32) {
         // Both fields are at most 31 bits: S <= 31 (see `new`).
         let slot = (entry & self.field) as u32;
