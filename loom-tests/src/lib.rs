@@ -38,3 +38,26 @@ pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
         start.elapsed()
     );
 }
+
+/// Runs `a` and `b` on two spawned threads over one shared structure (a
+/// map or a depot) and returns both results.
+///
+/// Both sides are spawned (rather than one on the model's main thread):
+/// loom explores far fewer schedules when the main thread's accesses are
+/// all loads that precede a spawned thread's stores.
+#[cfg(loom)]
+pub fn race<T, A, B>(
+    shared: &loom::sync::Arc<T>,
+    a: impl FnOnce(&T) -> A + Send + 'static,
+    b: impl FnOnce(&T) -> B + Send + 'static,
+) -> (A, B)
+where
+    T: Send + Sync + 'static,
+    A: Send + 'static,
+    B: Send + 'static,
+{
+    let (ta, tb) = (shared.clone(), shared.clone());
+    let ta = loom::thread::spawn(move || a(&ta));
+    let tb = loom::thread::spawn(move || b(&tb));
+    (ta.join().unwrap(), tb.join().unwrap())
+}

@@ -18,8 +18,7 @@ use kstackmap::uapi::BPF_F_REUSE_STACKID;
 use kstackmap::{trace_hash, Error, MapAttr, StackMap};
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use loom::sync::Arc;
-use loom::thread;
-use loom_tests::model;
+use loom_tests::{model, race};
 
 /// An ips map of `max_entries` 2-frame stacks, one CPU.
 fn map(max_entries: u32) -> StackMap {
@@ -53,22 +52,6 @@ fn read(map: &StackMap, id: u32) -> Result<[u64; 2], Error> {
         u64::from_ne_bytes(v[..8].try_into().unwrap()),
         u64::from_ne_bytes(v[8..].try_into().unwrap()),
     ])
-}
-
-/// Runs `a` and `b` on two spawned threads and returns both results.
-fn race<A, B>(
-    map: &Arc<StackMap>,
-    a: impl FnOnce(&StackMap) -> A + Send + 'static,
-    b: impl FnOnce(&StackMap) -> B + Send + 'static,
-) -> (A, B)
-where
-    A: Send + 'static,
-    B: Send + 'static,
-{
-    let (ma, mb) = (map.clone(), map.clone());
-    let ta = thread::spawn(move || a(&ma));
-    let tb = thread::spawn(move || b(&mb));
-    (ta.join().unwrap(), tb.join().unwrap())
 }
 
 fn audit(map: Arc<StackMap>) -> (usize, usize) {

@@ -18,8 +18,7 @@
 
 use kstackmap::{DepotConfig, DepotStats, Error, StackDepot};
 use loom::sync::Arc;
-use loom::thread;
-use loom_tests::model;
+use loom_tests::{model, race};
 
 fn depot(capacity: u32, arena_words: usize) -> StackDepot {
     let cfg = DepotConfig {
@@ -29,22 +28,6 @@ fn depot(capacity: u32, arena_words: usize) -> StackDepot {
         seed: 1,
     };
     StackDepot::new(&cfg).unwrap()
-}
-
-/// Runs `a` and `b` on two spawned threads and returns both results.
-fn race<A, B>(
-    d: &Arc<StackDepot>,
-    a: impl FnOnce(&StackDepot) -> A + Send + 'static,
-    b: impl FnOnce(&StackDepot) -> B + Send + 'static,
-) -> (A, B)
-where
-    A: Send + 'static,
-    B: Send + 'static,
-{
-    let (da, db) = (d.clone(), d.clone());
-    let ta = thread::spawn(move || a(&da));
-    let tb = thread::spawn(move || b(&db));
-    (ta.join().unwrap(), tb.join().unwrap())
 }
 
 /// Conservation, with nothing in flight.

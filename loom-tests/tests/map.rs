@@ -17,8 +17,7 @@ use kstackmap::uapi::{BPF_F_REUSE_STACKID, BPF_F_STACK_BUILD_ID};
 use kstackmap::{trace_hash, Error, MapAttr, StackMap};
 use loom::sync::atomic::AtomicBool;
 use loom::sync::Arc;
-use loom::thread;
-use loom_tests::model;
+use loom_tests::{model, race};
 
 /// A 2-element, 2-bucket ips map with 2-frame values.
 fn small_map() -> StackMap {
@@ -56,26 +55,6 @@ fn audit(map: StackMap) -> (usize, usize) {
     let mut map = map;
     map.audit()
         .expect("conservation: every slot in exactly one place")
-}
-
-/// Runs `a` and `b` on two spawned threads and returns both results.
-///
-/// Both sides are spawned (rather than one on the model's main thread):
-/// loom explores far fewer schedules when the main thread's accesses are
-/// all loads that precede a spawned thread's stores.
-fn race<A, B>(
-    map: &Arc<StackMap>,
-    a: impl FnOnce(&StackMap) -> A + Send + 'static,
-    b: impl FnOnce(&StackMap) -> B + Send + 'static,
-) -> (A, B)
-where
-    A: Send + 'static,
-    B: Send + 'static,
-{
-    let (ma, mb) = (map.clone(), map.clone());
-    let ta = thread::spawn(move || a(&ma));
-    let tb = thread::spawn(move || b(&mb));
-    (ta.join().unwrap(), tb.join().unwrap())
 }
 
 fn into_inner(map: Arc<StackMap>) -> StackMap {
